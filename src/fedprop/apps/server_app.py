@@ -1,0 +1,141 @@
+"""The coordinator's Flower ServerApp: runs protocol steps over Flower's Grid.
+
+:class:`GridTransport` is the only place that knows how a protocol request
+becomes Flower messages: one message per connected node, replies matched to
+parties by the name each node answers with, and any node error or missing
+reply turned into a :class:`JobFailedError` that names the party.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from flwr.app import Context, Message
+from flwr.serverapp import Grid, ServerApp
+
+from fedprop.apps.records import from_record, to_record
+from fedprop.errors import FedpropError, JobFailedError
+from fedprop.protocols.hfl import (
+    EvalReply,
+    HflResult,
+    ProgressFn,
+    Reply,
+    Request,
+    StatsReply,
+    Step,
+    TrainReply,
+    run_hfl,
+)
+from fedprop.spec import JobSpec
+
+__all__ = ["GridTransport", "app", "build_server_app"]
+
+#: Reply type of each protocol step.
+REPLIES: dict[Step, type[StatsReply] | type[TrainReply] | type[EvalReply]] = {
+    Step.STATS: StatsReply,
+    Step.TRAIN: TrainReply,
+    Step.EVALUATE: EvalReply,
+}
+
+#: Seconds to wait for every party's node to connect before a job starts.
+NODE_WAIT_SECONDS = 120.0
+#: Seconds to wait for the replies to one step.
+STEP_TIMEOUT_SECONDS = 600.0
+
+
+class GridTransport:
+    """Broadcasts protocol requests to the job's nodes through a Flower ``Grid``."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        parties: tuple[str, ...],
+        *,
+        node_wait: float = NODE_WAIT_SECONDS,
+        step_timeout: float = STEP_TIMEOUT_SECONDS,
+    ) -> None:
+        self.grid = grid
+        self.parties = parties
+        self.node_wait = node_wait
+        self.step_timeout = step_timeout
+        self._party_of: dict[int, str] = {}
+        self._round = 0
+
+    def _node_ids(self) -> list[int]:
+        deadline = time.monotonic() + self.node_wait
+        while True:
+            node_ids = sorted(self.grid.get_node_ids())
+            if len(node_ids) >= len(self.parties):
+                return node_ids
+            if time.monotonic() > deadline:
+                raise JobFailedError(
+                    f"only {len(node_ids)} of {len(self.parties)} nodes connected "
+                    f"within {self.node_wait:.0f} s"
+                )
+            time.sleep(0.5)
+
+    def broadcast(self, step: Step, request: Request) -> Mapping[str, Reply]:
+        """Send ``request`` to every node; return each party's reply."""
+        node_ids = self._node_ids()
+        self._round += 1
+        messages = [
+            Message(
+                to_record(request),
+                dst_node_id=node_id,
+                message_type=step.value,
+                group_id=str(self._round),
+            )
+            for node_id in node_ids
+        ]
+        replies = list(self.grid.send_and_receive(messages, timeout=self.step_timeout))
+        errors = [
+            f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()
+        ]
+        if errors:
+            raise JobFailedError(f"{step.value} failed: " + "; ".join(errors))
+        answered = {r.metadata.src_node_id for r in replies}
+        silent = [n for n in node_ids if n not in answered]
+        if silent:
+            names = ", ".join(self._party_of.get(n, f"node {n}") for n in silent)
+            raise JobFailedError(
+                f"{step.value}: no reply within {self.step_timeout:.0f} s from {names}"
+            )
+        by_party: dict[str, Reply] = {}
+        for r in replies:
+            try:
+                reply = from_record(REPLIES[step], r.content)
+            except FedpropError as exc:
+                raise JobFailedError(f"node {r.metadata.src_node_id}: {exc}") from None
+            if reply.party in by_party:
+                raise JobFailedError(f"two nodes answered as party '{reply.party}'")
+            self._party_of[r.metadata.src_node_id] = reply.party
+            by_party[reply.party] = reply
+        return by_party
+
+
+ResultSink = Callable[[HflResult], None]
+
+
+def build_server_app(
+    spec: JobSpec | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    on_result: ResultSink | None = None,
+) -> ServerApp:
+    """A ServerApp that runs ``spec`` (or the run config's ``job-spec`` file)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        job = spec or JobSpec.load(Path(str(context.run_config["job-spec"])))
+        result = run_hfl(job, GridTransport(grid, job.parties), progress=progress)
+        if on_result is not None:
+            on_result(result)
+
+    return server_app
+
+
+#: The ServerApp a deployed SuperLink runs (``[tool.flwr.app.components]``).
+app = build_server_app()

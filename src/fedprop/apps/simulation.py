@@ -1,0 +1,75 @@
+"""Run a job in Flower's Simulation Engine: every party on this machine.
+
+Each party is a virtual SuperNode whose ClientApp reads only its own folder;
+the coordinator's ServerApp runs in this process. Flower's telemetry and
+update check are off (importing fedprop forces them off).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from flwr.simulation import run_simulation
+
+from fedprop.apps.client_app import PartyLocation, SimulationLocator, build_client_app
+from fedprop.apps.server_app import build_server_app
+from fedprop.errors import JobFailedError
+from fedprop.protocols.hfl import HflResult, ProgressFn
+from fedprop.spec import JobSpec
+
+__all__ = ["SIMULATION_CPUS_PER_NODE", "simulate"]
+
+#: CPU share of each virtual node; 1 lets two parties train at once on two cores.
+SIMULATION_CPUS_PER_NODE = 1
+
+
+class _DropDeprecation(logging.Filter):
+    """Hide Flower's notice that the Python simulation entry point is deprecated."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "deprecated" not in record.getMessage()
+
+
+def simulate(
+    spec: JobSpec,
+    party_dirs: Mapping[str, Path],
+    *,
+    progress: ProgressFn | None = None,
+    quiet: bool = True,
+) -> HflResult:
+    """Run ``spec`` with one virtual node per party; return what the coordinator holds."""
+    missing = [p for p in spec.parties if p not in party_dirs]
+    if missing:
+        raise JobFailedError(f"no data folder for part(y/ies): {', '.join(missing)}")
+    locator = SimulationLocator(
+        tuple(PartyLocation(p, Path(party_dirs[p]).resolve()) for p in spec.parties)
+    )
+    results: list[HflResult] = []
+    server_app = build_server_app(spec, progress=progress, on_result=results.append)
+    # Ray otherwise warns at every start that it will stop overriding device variables.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    deprecation = _DropDeprecation()
+    flwr_logger.addFilter(deprecation)
+    if quiet:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=build_client_app(locator),
+            num_supernodes=len(spec.parties),
+            backend_config={
+                "client_resources": {"num_cpus": SIMULATION_CPUS_PER_NODE, "num_gpus": 0.0},
+                "init_args": {"logging_level": logging.ERROR, "log_to_driver": False},
+            },
+        )
+    finally:
+        flwr_logger.removeFilter(deprecation)
+        flwr_logger.setLevel(level)
+    if not results:
+        raise JobFailedError(f"job '{spec.id}' ended without a result")
+    return results[0]

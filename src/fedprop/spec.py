@@ -1,0 +1,308 @@
+"""Job specs: what the data team asks the federation to do, in TOML.
+
+A job spec names the job type, the parties, the dataset schema every party's
+files must match, the model, and the training and evaluation settings. The
+coordinator sends the spec's exact text with every request, and each node
+parses and checks it itself: the node never trusts the coordinator's reading.
+
+Keys are kebab-case, as in Flower's run config. Unknown keys are errors, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from fedprop.data.schema import Schema
+from fedprop.errors import SpecError
+
+__all__ = [
+    "Aggregation",
+    "ClassWeighting",
+    "EvalConfig",
+    "JobSpec",
+    "JobType",
+    "ModelConfig",
+    "ModelKind",
+    "OptimizerKind",
+    "TrainConfig",
+]
+
+
+class JobType(StrEnum):
+    """The kinds of job a federation runs."""
+
+    HFL_TRAIN = "hfl-train"
+
+
+class Aggregation(StrEnum):
+    """How parties' vectors are summed at the coordinator."""
+
+    PLAINTEXT = "plaintext"
+
+
+class ModelKind(StrEnum):
+    """Model families available for propensity models."""
+
+    LOGREG = "logreg"
+    MLP = "mlp"
+
+
+class OptimizerKind(StrEnum):
+    """Local optimizers."""
+
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+class ClassWeighting(StrEnum):
+    """How the loss weighs the rare positive class."""
+
+    NONE = "none"
+    BALANCED = "balanced"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model architecture."""
+
+    kind: ModelKind = ModelKind.LOGREG
+    hidden: tuple[int, ...] = (32, 16)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Federated and local training settings."""
+
+    rounds: int = 20
+    local_epochs: int = 1
+    batch_size: int = 128
+    learning_rate: float = 0.01
+    optimizer: OptimizerKind = OptimizerKind.ADAM
+    weight_decay: float = 0.0
+    class_weighting: ClassWeighting = ClassWeighting.BALANCED
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Federated evaluation settings."""
+
+    histogram_bins: int = 1000
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A parsed, checked job spec. ``text`` is the exact TOML it came from."""
+
+    id: str
+    type: JobType
+    aggregation: Aggregation
+    parties: tuple[str, ...]
+    dataset: str
+    schema: Schema
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvalConfig
+    text: str
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "<job spec>") -> JobSpec:
+        """Parse and check a job spec; raise :class:`SpecError` naming the problem."""
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"{source}: not valid TOML: {exc}") from exc
+        try:
+            return _parse(doc, text)
+        except SpecError as exc:
+            raise SpecError(f"{source}: {exc}") from None
+
+    @classmethod
+    def load(cls, path: Path) -> JobSpec:
+        """Read and parse a job spec file."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SpecError(f"{path}: job spec not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError(f"{path}: cannot read job spec: {exc}") from None
+        return cls.from_toml(text, str(path))
+
+    def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> JobSpec:
+        """Return the spec with keys replaced, as ``{"train": {"rounds": 5}}``.
+
+        The spec text is regenerated, so nodes receive exactly what runs.
+        """
+        doc = tomllib.loads(self.text)
+        for table, values in overrides.items():
+            doc.setdefault(table, {}).update(values)
+        return JobSpec.from_toml(_dump_toml(doc), f"{self.id} (with overrides)")
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+def _table(doc: Mapping[str, Any], name: str, required: bool = True) -> Mapping[str, Any]:
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise SpecError(f"missing table [{name}]")
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"[{name}] must be a table")
+    return value
+
+
+def _check_keys(table: Mapping[str, Any], name: str, allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise SpecError(f"[{name}]: unknown key(s) {', '.join(unknown)}")
+
+
+def _get(table: Mapping[str, Any], name: str, key: str, kind: type, default: Any) -> Any:
+    value = table.get(key, default)
+    if value is None:
+        raise SpecError(f"[{name}]: missing key '{key}'")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SpecError(f"[{name}] {key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _enum(table: Mapping[str, Any], name: str, key: str, enum: type[StrEnum], default: Any) -> Any:
+    raw = _get(table, name, key, str, default)
+    try:
+        return enum(raw)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum)
+        raise SpecError(f"[{name}] {key}: '{raw}' is not one of: {allowed}") from None
+
+
+def _positive(name: str, key: str, value: float) -> None:
+    if value <= 0:
+        raise SpecError(f"[{name}] {key}: must be positive, got {value}")
+
+
+def _parse(doc: Mapping[str, Any], text: str) -> JobSpec:
+    _check_keys(doc, "top level", {"job", "dataset", "model", "train", "evaluate"})
+    job = _table(doc, "job")
+    _check_keys(job, "job", {"id", "type", "aggregation", "parties"})
+    job_id = _get(job, "job", "id", str, None)
+    if not job_id or not all(c.isalnum() or c in "-_." for c in job_id):
+        raise SpecError(f"[job] id: '{job_id}' must be non-empty letters, digits, '-', '_', '.'")
+    parties = _get(job, "job", "parties", list, None)
+    if not parties or not all(isinstance(p, str) and p for p in parties):
+        raise SpecError("[job] parties: must be a non-empty list of party names")
+    if len(set(parties)) != len(parties):
+        raise SpecError("[job] parties: duplicate party name")
+
+    dataset_table = _table(doc, "dataset")
+    dataset_name = _get(dataset_table, "dataset", "name", str, None)
+    schema = Schema.from_dict(dataset_table)
+
+    model_table = _table(doc, "model", required=False)
+    _check_keys(model_table, "model", {"kind", "hidden"})
+    hidden_raw = _get(model_table, "model", "hidden", list, [32, 16])
+    if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden_raw):
+        raise SpecError("[model] hidden: must be a list of positive integers")
+    model = ModelConfig(
+        kind=_enum(model_table, "model", "kind", ModelKind, ModelKind.LOGREG.value),
+        hidden=tuple(hidden_raw),
+    )
+
+    t = _table(doc, "train", required=False)
+    defaults = TrainConfig()
+    _check_keys(
+        t,
+        "train",
+        {
+            "rounds",
+            "local-epochs",
+            "batch-size",
+            "learning-rate",
+            "optimizer",
+            "weight-decay",
+            "class-weighting",
+            "seed",
+        },
+    )
+    train = TrainConfig(
+        rounds=_get(t, "train", "rounds", int, defaults.rounds),
+        local_epochs=_get(t, "train", "local-epochs", int, defaults.local_epochs),
+        batch_size=_get(t, "train", "batch-size", int, defaults.batch_size),
+        learning_rate=_get(t, "train", "learning-rate", float, defaults.learning_rate),
+        optimizer=_enum(t, "train", "optimizer", OptimizerKind, defaults.optimizer.value),
+        weight_decay=_get(t, "train", "weight-decay", float, defaults.weight_decay),
+        class_weighting=_enum(
+            t, "train", "class-weighting", ClassWeighting, defaults.class_weighting.value
+        ),
+        seed=_get(t, "train", "seed", int, defaults.seed),
+    )
+    for key, value in (
+        ("rounds", train.rounds),
+        ("local-epochs", train.local_epochs),
+        ("batch-size", train.batch_size),
+        ("learning-rate", train.learning_rate),
+    ):
+        _positive("train", key, value)
+    if train.weight_decay < 0:
+        raise SpecError("[train] weight-decay: must not be negative")
+
+    e = _table(doc, "evaluate", required=False)
+    _check_keys(e, "evaluate", {"histogram-bins"})
+    bins = _get(e, "evaluate", "histogram-bins", int, EvalConfig().histogram_bins)
+    if not 10 <= bins <= 100_000:
+        raise SpecError(f"[evaluate] histogram-bins: must be between 10 and 100000, got {bins}")
+
+    return JobSpec(
+        id=job_id,
+        type=_enum(job, "job", "type", JobType, None),
+        aggregation=_enum(job, "job", "aggregation", Aggregation, Aggregation.PLAINTEXT.value),
+        parties=tuple(parties),
+        dataset=dataset_name,
+        schema=schema,
+        model=model,
+        train=train,
+        evaluate=EvalConfig(histogram_bins=bins),
+        text=text,
+    )
+
+
+def _dump_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_dump_value(v) for v in value) + "]"
+    raise SpecError(f"cannot write {value!r} to TOML")
+
+
+def _dump_toml(doc: Mapping[str, Any]) -> str:
+    """Write the subset of TOML that job specs use (tables, arrays of tables, scalars)."""
+    lines: list[str] = []
+    for name, table in doc.items():
+        scalars = {k: v for k, v in table.items() if not _is_table_array(v)}
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_dump_value(v)}" for k, v in scalars.items())
+        lines.append("")
+        for key, value in table.items():
+            if _is_table_array(value):
+                for item in value:
+                    lines.append(f"[[{name}.{key}]]")
+                    lines.extend(f"{k} = {_dump_value(v)}" for k, v in item.items())
+                    lines.append("")
+    return "\n".join(lines)
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
