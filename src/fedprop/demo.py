@@ -188,8 +188,9 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 def _print_summary(results: Mapping[str, Any], console: Console) -> None:
     table = Table(title=f"Test AUC and lift — {results['job']['id']} ({results['job']['model']})")
-    for name in ("model", "evaluated on", "AUC", "KS", "lift@10%", "capture@10%", "capture@20%"):
-        table.add_column(name, justify="left" if name in ("model", "evaluated on") else "right")
+    for name in ("model", "evaluated on", "AUC", "KS", "lift@10", "capt@10", "capt@20"):
+        left = name in ("model", "evaluated on")
+        table.add_column(name, justify="left" if left else "right", no_wrap=True)
     for r in results["table"]:
         table.add_row(
             r["model"],

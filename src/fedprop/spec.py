@@ -85,7 +85,7 @@ class TrainConfig:
     learning_rate: float = 0.01
     optimizer: OptimizerKind = OptimizerKind.ADAM
     weight_decay: float = 0.0
-    class_weighting: ClassWeighting = ClassWeighting.BALANCED
+    class_weighting: ClassWeighting = ClassWeighting.NONE
     seed: int = 42
 
 

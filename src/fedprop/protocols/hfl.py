@@ -53,6 +53,7 @@ __all__ = [
     "HflCoordinator",
     "HflNode",
     "HflResult",
+    "InProcessTransport",
     "ModelRequest",
     "PlaintextSum",
     "RoundRecord",
@@ -139,6 +140,23 @@ class Transport(Protocol):
     def broadcast(self, step: Step, request: Request) -> Mapping[str, Reply]:
         """Send ``request`` for ``step`` to every party; return replies by party name."""
         ...
+
+
+class InProcessTransport:
+    """Calls each party's node directly, in this process.
+
+    For tests and benchmarks of the protocol itself: every party's data is in
+    one process, so it isolates nothing. Real jobs run over Flower.
+    """
+
+    def __init__(self, nodes: Mapping[str, HflNode]) -> None:
+        self.nodes = nodes
+        self.steps: list[Step] = []
+
+    def broadcast(self, step: Step, request: Request) -> Mapping[str, Reply]:
+        """Hand ``request`` to every node; return their replies by party."""
+        self.steps.append(step)
+        return {party: node.handle(step, request) for party, node in self.nodes.items()}
 
 
 # --- pure steps --------------------------------------------------------------------------------
