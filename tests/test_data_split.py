@@ -22,7 +22,7 @@ from fedprop.data.split import (
 )
 from fedprop.errors import DataValidationError, FedpropError
 
-REAL_SOURCE = Path("/work/shared/data/bank-full.csv")
+REAL_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bank-full.csv"
 REAL_ROWS = 45_211
 
 JOBS = tuple(sorted(j for group in PARTY_GROUPS.values() for j in group))
