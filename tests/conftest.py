@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from fedprop.apps.client_app import NodeConfig
 from fedprop.data.split import split_bank_marketing
+from fedprop.federation import LocalFederation, local_federation
 from fedprop.spec import JobSpec
 from synthetic import write_bank_full
 
@@ -28,3 +30,15 @@ def party_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     source = write_bank_full(root / "bank-full.csv", rows=16_000, seed=7)
     summaries = split_bank_marketing(source, root / "parties")
     return {s.party: s.folder for s in summaries}
+
+
+@pytest.fixture(scope="session")
+def federation(tmp_path_factory: pytest.TempPathFactory, spec: JobSpec) -> LocalFederation:
+    """Identity keys for the four banks and the manifest that lists them."""
+    return local_federation(tmp_path_factory.mktemp("federation-keys"), "test", spec.parties)
+
+
+@pytest.fixture(scope="session")
+def node_configs(federation: LocalFederation, party_dirs: dict[str, Path]) -> dict[str, NodeConfig]:
+    """Each bank's node configuration (plaintext and model release allowed, for tests)."""
+    return federation.node_configs(party_dirs, allow_plaintext=True, allow_model_release=True)

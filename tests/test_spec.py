@@ -20,7 +20,8 @@ def spec_text() -> str:
 def test_shipped_spec_loads(spec_text: str) -> None:
     spec = JobSpec.from_toml(spec_text)
     assert spec.type is JobType.HFL_TRAIN
-    assert spec.aggregation is Aggregation.PLAINTEXT
+    assert spec.aggregation is Aggregation.PAILLIER
+    assert spec.key_bits == 2048 and spec.key_holder == "bank-a"
     assert spec.parties == ("bank-a", "bank-b", "bank-c", "bank-d")
     assert spec.model.kind is ModelKind.LOGREG
     assert spec.train.optimizer is OptimizerKind.ADAM
@@ -74,3 +75,16 @@ def test_missing_job_table(spec_text: str) -> None:
     without_job = spec_text.replace("[job]", "[jobs]", 1)
     with pytest.raises(SpecError, match="unknown key"):
         JobSpec.from_toml(without_job)
+
+
+def test_paillier_with_two_parties_is_refused_naming_the_reason(spec_text: str) -> None:
+    two = spec_text.replace(
+        'parties = ["bank-a", "bank-b", "bank-c", "bank-d"]', 'parties = ["bank-a", "bank-b"]'
+    )
+    with pytest.raises(SpecError, match=r"at least 3 parties.*differential-privacy"):
+        JobSpec.from_toml(two)
+
+
+def test_weak_key_sizes_are_refused(spec_text: str) -> None:
+    with pytest.raises(SpecError, match="key-bits: 1024 is not allowed"):
+        JobSpec.from_toml(spec_text.replace("key-bits = 2048", "key-bits = 1024"))

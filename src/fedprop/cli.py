@@ -41,6 +41,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         overrides.setdefault("model", {})["kind"] = args.model
     if args.rounds:
         overrides.setdefault("train", {})["rounds"] = args.rounds
+    if args.aggregation:
+        overrides.setdefault("job", {})["aggregation"] = args.aggregation
     results = run_demo(
         DemoConfig(
             spec_path=args.spec,
@@ -74,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
     demo.add_argument("--model", choices=("logreg", "mlp"), help="override the spec's model")
     demo.add_argument("--rounds", type=int, help="override the spec's number of rounds")
+    demo.add_argument(
+        "--aggregation", choices=("paillier", "plaintext"), help="override the spec's mode"
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -18,10 +18,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from fedprop.crypto.params import ALLOWED_PAILLIER_BITS, DEFAULT_PAILLIER_BITS
 from fedprop.data.schema import Schema
 from fedprop.errors import SpecError
 
 __all__ = [
+    "MIN_PARTIES_FOR_SECURE_SUM",
     "Aggregation",
     "ClassWeighting",
     "EvalConfig",
@@ -43,7 +45,14 @@ class JobType(StrEnum):
 class Aggregation(StrEnum):
     """How parties' vectors are summed at the coordinator."""
 
+    #: Packed Paillier ciphertexts under a job key the coordinator does not hold.
+    PAILLIER = "paillier"
+    #: In the clear: a baseline, only where every node's policy allows it.
     PLAINTEXT = "plaintext"
+
+
+#: With fewer parties, an exact sum tells each party the others' values.
+MIN_PARTIES_FOR_SECURE_SUM = 3
 
 
 class ModelKind(StrEnum):
@@ -104,6 +113,9 @@ class JobSpec:
     type: JobType
     aggregation: Aggregation
     parties: tuple[str, ...]
+    key_holder: str
+    key_bits: int
+    release_model: bool
     dataset: str
     schema: Schema
     model: ModelConfig
@@ -193,7 +205,11 @@ def _positive(name: str, key: str, value: float) -> None:
 def _parse(doc: Mapping[str, Any], text: str) -> JobSpec:
     _check_keys(doc, "top level", {"job", "dataset", "model", "train", "evaluate"})
     job = _table(doc, "job")
-    _check_keys(job, "job", {"id", "type", "aggregation", "parties"})
+    _check_keys(
+        job,
+        "job",
+        {"id", "type", "aggregation", "parties", "key-holder", "key-bits", "release-model"},
+    )
     job_id = _get(job, "job", "id", str, None)
     if not job_id or not all(c.isalnum() or c in "-_." for c in job_id):
         raise SpecError(f"[job] id: '{job_id}' must be non-empty letters, digits, '-', '_', '.'")
@@ -202,6 +218,22 @@ def _parse(doc: Mapping[str, Any], text: str) -> JobSpec:
         raise SpecError("[job] parties: must be a non-empty list of party names")
     if len(set(parties)) != len(parties):
         raise SpecError("[job] parties: duplicate party name")
+
+    aggregation = _enum(job, "job", "aggregation", Aggregation, Aggregation.PAILLIER.value)
+    if aggregation is Aggregation.PAILLIER and len(parties) < MIN_PARTIES_FOR_SECURE_SUM:
+        raise SpecError(
+            f"[job] parties: a paillier job needs at least {MIN_PARTIES_FOR_SECURE_SUM} parties; "
+            f"with {len(parties)}, the exact sum reveals the other party's values to each party, "
+            "and differential-privacy noise that would hide them is not configured"
+        )
+    key_holder = _get(job, "job", "key-holder", str, parties[0])
+    if key_holder not in parties:
+        raise SpecError(f"[job] key-holder: '{key_holder}' is not one of the parties")
+    key_bits = _get(job, "job", "key-bits", int, DEFAULT_PAILLIER_BITS)
+    if key_bits not in ALLOWED_PAILLIER_BITS:
+        allowed = ", ".join(str(b) for b in ALLOWED_PAILLIER_BITS)
+        raise SpecError(f"[job] key-bits: {key_bits} is not allowed (allowed: {allowed})")
+    release_model = _get(job, "job", "release-model", bool, False)
 
     dataset_table = _table(doc, "dataset")
     dataset_name = _get(dataset_table, "dataset", "name", str, None)
@@ -264,8 +296,11 @@ def _parse(doc: Mapping[str, Any], text: str) -> JobSpec:
     return JobSpec(
         id=job_id,
         type=_enum(job, "job", "type", JobType, None),
-        aggregation=_enum(job, "job", "aggregation", Aggregation, Aggregation.PLAINTEXT.value),
+        aggregation=aggregation,
         parties=tuple(parties),
+        key_holder=key_holder,
+        key_bits=key_bits,
+        release_model=release_model,
         dataset=dataset_name,
         schema=schema,
         model=model,

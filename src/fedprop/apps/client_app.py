@@ -1,20 +1,31 @@
 """The node's Flower ClientApp: turns Flower messages into protocol steps.
 
 A node answers only for its own party, reads only its own data folder, and
-parses the job spec it receives itself. Errors a user can fix (a bad file, a
-bad spec, a job it is not part of) go back to the coordinator as a Flower
-``Error`` whose reason names the party and the problem.
+parses the job spec it receives itself. It trusts only its own files: its
+identity keys and the federation manifest it pinned. Errors a user can fix (a
+bad file, a bad spec, a job it is not part of, a refused release) go back to
+the coordinator as a Flower ``Error`` whose reason names the party and the
+problem.
 
-Where the node's data is comes from the SuperNode's node config:
-``party`` (its name in job specs) and ``data-dir`` (its folder with
-``train.csv`` and ``test.csv``). In the Simulation Engine, a locator maps each
-virtual node's ``partition-id`` to a party instead.
+The SuperNode's ``--node-config`` tells the node who and where it is:
+
+| key | meaning |
+|---|---|
+| ``party`` | its name in job specs and in the manifest |
+| ``data-dir`` | folder with ``train.csv`` and ``test.csv`` |
+| ``key-dir`` | its identity keys (``fedprop node keygen``) |
+| ``manifest`` | the federation manifest it pinned |
+| ``allow-plaintext`` | accept ``plaintext`` aggregation (default false) |
+| ``allow-model-release`` | release the final model to the coordinator (default false) |
+
+In the Simulation Engine, a locator maps each virtual node's
+``partition-id`` to one of these configurations instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,14 +34,23 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fedprop.apps.records import from_record, to_record
+from fedprop.crypto.identity import Manifest, load_identity
 from fedprop.data.loader import load_party
 from fedprop.errors import FedpropError
-from fedprop.protocols.hfl import HflNode, ModelRequest, Request, StatsRequest, Step
+from fedprop.protocols.hfl import (
+    HflNode,
+    JobRequest,
+    ModelRequest,
+    NodeSettings,
+    ReleaseRequest,
+    Request,
+    Step,
+)
 from fedprop.spec import JobSpec
 
 __all__ = [
     "ERROR_CODE",
-    "PartyLocation",
+    "NodeConfig",
     "SimulationLocator",
     "app",
     "build_client_app",
@@ -41,64 +61,100 @@ __all__ = [
 ERROR_CODE = 4001
 
 #: Request type of each protocol step.
-REQUESTS: dict[Step, type[StatsRequest] | type[ModelRequest]] = {
-    Step.STATS: StatsRequest,
+REQUESTS: dict[Step, type[JobRequest] | type[ModelRequest] | type[ReleaseRequest]] = {
+    Step.KEYS: JobRequest,
+    Step.STATS: JobRequest,
     Step.TRAIN: ModelRequest,
     Step.EVALUATE: ModelRequest,
+    Step.RELEASE: ReleaseRequest,
 }
 
 
 @dataclass(frozen=True)
-class PartyLocation:
-    """Who this node is and where its data lives."""
+class NodeConfig:
+    """Who this node is, where its data and keys are, and what it allows."""
 
     party: str
     data_dir: Path
+    key_dir: Path
+    manifest: Path
+    allow_plaintext: bool = False
+    allow_model_release: bool = False
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, object]) -> NodeConfig:
+        """Read a SuperNode's node config; raise naming a missing or mistyped key."""
+
+        def text(key: str) -> str:
+            if key not in config:
+                raise FedpropError(f"node config lacks '{key}' (set it with --node-config)")
+            return str(config[key])
+
+        def flag(key: str) -> bool:
+            value = config.get(key, False)
+            if not isinstance(value, bool):
+                raise FedpropError(f"node config '{key}' must be true or false, got {value!r}")
+            return value
+
+        return cls(
+            party=text("party"),
+            data_dir=Path(text("data-dir")),
+            key_dir=Path(text("key-dir")),
+            manifest=Path(text("manifest")),
+            allow_plaintext=flag("allow-plaintext"),
+            allow_model_release=flag("allow-model-release"),
+        )
+
+    def settings(self) -> NodeSettings:
+        """Load this node's identity and pinned manifest."""
+        identity = load_identity(self.key_dir)
+        if identity.name != self.party:
+            raise FedpropError(
+                f"keys in {self.key_dir} belong to '{identity.name}', not '{self.party}'"
+            )
+        try:
+            manifest = Manifest.from_json(self.manifest.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise FedpropError(f"{self.manifest}: cannot read the manifest: {exc}") from None
+        return NodeSettings(identity, manifest, self.allow_plaintext, self.allow_model_release)
 
 
-Locator = Callable[[Context], PartyLocation]
+Locator = Callable[[Context], NodeConfig]
 
 
-def node_config_locator(context: Context) -> PartyLocation:
-    """Read ``party`` and ``data-dir`` from the SuperNode's ``--node-config``."""
-    config = context.node_config
-    try:
-        party, data_dir = config["party"], config["data-dir"]
-    except KeyError as exc:
-        raise FedpropError(
-            f"node config lacks {exc.args[0]!r} (set it with --node-config)"
-        ) from None
-    return PartyLocation(str(party), Path(str(data_dir)))
+def node_config_locator(context: Context) -> NodeConfig:
+    """Read the node's configuration from the SuperNode's ``--node-config``."""
+    return NodeConfig.from_mapping(dict(context.node_config))
 
 
 @dataclass(frozen=True)
 class SimulationLocator:
-    """Maps a simulated node's ``partition-id`` to a party and its folder."""
+    """Maps a simulated node's ``partition-id`` to a node configuration."""
 
-    parties: tuple[PartyLocation, ...]
+    nodes: tuple[NodeConfig, ...]
 
-    def __call__(self, context: Context) -> PartyLocation:
-        """The party simulated by this virtual node."""
-        index = int(context.node_config["partition-id"])
-        return self.parties[index]
+    def __call__(self, context: Context) -> NodeConfig:
+        """The configuration of the party this virtual node plays."""
+        return self.nodes[int(context.node_config["partition-id"])]
 
 
 @lru_cache(maxsize=8)
-def _node(spec_text: str, party: str, data_dir: Path) -> HflNode:
+def _node(spec_text: str, config: NodeConfig) -> HflNode:
     """A node for this job, kept between messages so data is read and encoded once."""
     spec = JobSpec.from_toml(spec_text, "received job spec")
-    data = dataclasses.replace(load_party(data_dir, spec.schema), name=party)
-    return HflNode(spec, data)
+    settings = config.settings()
+    data = dataclasses.replace(load_party(config.data_dir, spec.schema), name=config.party)
+    return HflNode(spec, data, settings)
 
 
 def _answer(locate: Locator, message: Message, context: Context) -> Message:
     step = Step(message.metadata.message_type)
     party = "?"
     try:
-        location = locate(context)
-        party = location.party
+        config = locate(context)
+        party = config.party
         request: Request = from_record(REQUESTS[step], message.content)
-        node = _node(request.spec, location.party, location.data_dir.resolve())
+        node = _node(request.spec, config)
         return Message(to_record(node.handle(step, request)), reply_to=message)
     except FedpropError as exc:
         return Message(Error(code=ERROR_CODE, reason=f"{party}: {exc}"), reply_to=message)
@@ -108,8 +164,16 @@ def build_client_app(locate: Locator = node_config_locator) -> ClientApp:
     """A ClientApp that answers fedprop's protocol steps for the party ``locate`` names."""
     client_app = ClientApp()
 
+    @client_app.query("keys")
+    def keys(message: Message, context: Context) -> Message:
+        return _answer(locate, message, context)
+
     @client_app.query("stats")
     def stats(message: Message, context: Context) -> Message:
+        return _answer(locate, message, context)
+
+    @client_app.query("release")
+    def release(message: Message, context: Context) -> Message:
         return _answer(locate, message, context)
 
     @client_app.train()

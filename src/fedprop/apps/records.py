@@ -66,6 +66,9 @@ def from_record(kind: type[T], content: RecordDict) -> T:
                 raise FedpropError(f"{kind.__name__}: missing array '{f.name}'")
             continue
         if f.name not in fields:
+            if optional:
+                values[f.name] = None
+                continue
             raise FedpropError(f"{kind.__name__}: missing field '{f.name}'")
         value = fields[f.name]
         if hint is float and isinstance(value, int):

@@ -16,16 +16,17 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from fedprop.apps.records import from_record, to_record
+from fedprop.crypto.identity import Manifest
 from fedprop.errors import FedpropError, JobFailedError
 from fedprop.protocols.hfl import (
-    EvalReply,
+    ContributionReply,
     HflResult,
+    KeysReply,
     ProgressFn,
+    ReleaseReply,
     Reply,
     Request,
-    StatsReply,
     Step,
-    TrainReply,
     run_hfl,
 )
 from fedprop.spec import JobSpec
@@ -33,10 +34,12 @@ from fedprop.spec import JobSpec
 __all__ = ["GridTransport", "app", "build_server_app"]
 
 #: Reply type of each protocol step.
-REPLIES: dict[Step, type[StatsReply] | type[TrainReply] | type[EvalReply]] = {
-    Step.STATS: StatsReply,
-    Step.TRAIN: TrainReply,
-    Step.EVALUATE: EvalReply,
+REPLIES: dict[Step, type[KeysReply] | type[ContributionReply] | type[ReleaseReply]] = {
+    Step.KEYS: KeysReply,
+    Step.STATS: ContributionReply,
+    Step.TRAIN: ContributionReply,
+    Step.EVALUATE: ContributionReply,
+    Step.RELEASE: ReleaseReply,
 }
 
 #: Seconds to wait for every party's node to connect before a job starts.
@@ -120,21 +123,34 @@ ResultSink = Callable[[HflResult], None]
 
 def build_server_app(
     spec: JobSpec | None = None,
+    manifest: Manifest | None = None,
     *,
     progress: ProgressFn | None = None,
     on_result: ResultSink | None = None,
 ) -> ServerApp:
-    """A ServerApp that runs ``spec`` (or the run config's ``job-spec`` file)."""
+    """A ServerApp that runs ``spec`` with ``manifest`` (or the run config's files).
+
+    The run config names them as ``job-spec`` and ``manifest`` (paths).
+    """
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         job = spec or JobSpec.load(Path(str(context.run_config["job-spec"])))
-        result = run_hfl(job, GridTransport(grid, job.parties), progress=progress)
+        federation = manifest or _load_manifest(Path(str(context.run_config["manifest"])))
+        transport = GridTransport(grid, job.parties)
+        result = run_hfl(job, transport, federation, progress=progress)
         if on_result is not None:
             on_result(result)
 
     return server_app
+
+
+def _load_manifest(path: Path) -> Manifest:
+    try:
+        return Manifest.from_json(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FedpropError(f"{path}: cannot read the manifest: {exc}") from None
 
 
 #: The ServerApp a deployed SuperLink runs (``[tool.flwr.app.components]``).

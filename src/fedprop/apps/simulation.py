@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 from flwr.simulation import run_simulation
 
-from fedprop.apps.client_app import PartyLocation, SimulationLocator, build_client_app
+from fedprop.apps.client_app import NodeConfig, SimulationLocator, build_client_app
 from fedprop.apps.server_app import build_server_app
+from fedprop.crypto.identity import Manifest
 from fedprop.errors import JobFailedError
 from fedprop.protocols.hfl import HflResult, ProgressFn
 from fedprop.spec import JobSpec
@@ -35,20 +35,19 @@ class _DropDeprecation(logging.Filter):
 
 def simulate(
     spec: JobSpec,
-    party_dirs: Mapping[str, Path],
+    nodes: Mapping[str, NodeConfig],
+    manifest: Manifest,
     *,
     progress: ProgressFn | None = None,
     quiet: bool = True,
 ) -> HflResult:
     """Run ``spec`` with one virtual node per party; return what the coordinator holds."""
-    missing = [p for p in spec.parties if p not in party_dirs]
+    missing = [p for p in spec.parties if p not in nodes]
     if missing:
-        raise JobFailedError(f"no data folder for part(y/ies): {', '.join(missing)}")
-    locator = SimulationLocator(
-        tuple(PartyLocation(p, Path(party_dirs[p]).resolve()) for p in spec.parties)
-    )
+        raise JobFailedError(f"no node configured for: {', '.join(missing)}")
+    locator = SimulationLocator(tuple(nodes[p] for p in spec.parties))
     results: list[HflResult] = []
-    server_app = build_server_app(spec, progress=progress, on_result=results.append)
+    server_app = build_server_app(spec, manifest, progress=progress, on_result=results.append)
     # Ray otherwise warns at every start that it will stop overriding device variables.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flwr_logger = logging.getLogger("flwr")

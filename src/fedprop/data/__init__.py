@@ -1,6 +1,13 @@
 """Party data: the dataset schema, checked loading, the bank split and feature encoding."""
 
-from fedprop.data.encoding import FeatureEncoder, apply_transform, local_stats, stats_layout
+from fedprop.data.encoding import (
+    FeatureEncoder,
+    apply_transform,
+    count_slots,
+    encoded_feature_names,
+    local_stats,
+    stats_layout,
+)
 from fedprop.data.loader import TEST_FILE, TRAIN_FILE, PartyData, load_party, read_party_csv
 from fedprop.data.schema import SIGNED_LOG1P, TRANSFORMS, Column, ColumnKind, Schema
 from fedprop.data.split import (
@@ -30,6 +37,8 @@ __all__ = [
     "Schema",
     "SplitSummary",
     "apply_transform",
+    "count_slots",
+    "encoded_feature_names",
     "load_party",
     "local_stats",
     "read_party_csv",

@@ -65,6 +65,26 @@ def stats_layout(schema: Schema) -> tuple[str, ...]:
     return tuple(slots)
 
 
+def encoded_feature_names(schema: Schema) -> tuple[str, ...]:
+    """The features a schema encodes to, in matrix column order (known before any data)."""
+    names: list[str] = []
+    for column in schema.numeric_columns:
+        names.append(column.name)
+        if column.sentinel is not None:
+            names.append(f"{column.name}=sentinel")
+        if column.nullable:
+            names.append(f"{column.name}=missing")
+        names.extend(_band_names(column))
+    for column in schema.categorical_columns:
+        names.extend(f"{column.name}={value}" for value in column.vocabulary)
+    return tuple(names)
+
+
+def count_slots(schema: Schema) -> np.ndarray:
+    """Boolean mask of the :func:`local_stats` slots that hold counts (whole numbers)."""
+    return np.array([not name.endswith((".sum", ".sumsq")) for name in stats_layout(schema)])
+
+
 def local_stats(df: pd.DataFrame, schema: Schema) -> np.ndarray:
     """This party's additive statistics of ``df`` (a frame as read by the loader).
 
@@ -152,17 +172,7 @@ class FeatureEncoder:
     @property
     def feature_names(self) -> tuple[str, ...]:
         """The name of each encoded feature, in matrix column order."""
-        names: list[str] = []
-        for column in self.schema.numeric_columns:
-            names.append(column.name)
-            if column.sentinel is not None:
-                names.append(f"{column.name}=sentinel")
-            if column.nullable:
-                names.append(f"{column.name}=missing")
-            names.extend(_band_names(column))
-        for column in self.schema.categorical_columns:
-            names.extend(f"{column.name}={value}" for value in column.vocabulary)
-        return tuple(names)
+        return encoded_feature_names(self.schema)
 
     @property
     def n_features(self) -> int:

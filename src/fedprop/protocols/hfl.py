@@ -4,130 +4,175 @@ Same columns, different customers: several banks train one propensity model.
 
 Steps (each a request the coordinator broadcasts and every node answers):
 
-1. ``stats`` — each node returns its additive training statistics (row and
+0. ``keys`` (paillier mode) — the spec's key holder makes the job key and
+   seals it to every party (:mod:`fedprop.protocols.keys`); the coordinator
+   keeps the public key and relays the bundle with every later request.
+1. ``stats`` — each node contributes its additive training statistics (row and
    label counts; count, sum and sum of squares of each numeric column). The
-   coordinator sums them; the sum fixes the feature scaling and the class
-   weight at every node, so all parties encode features identically without
-   sharing a row.
-2. ``train`` (rounds 1..R) — each node starts from the global model (in round 1
-   the seeded initial model every party builds identically; afterwards the
-   previous round's aggregate), trains locally and returns
-   ``[n * weights, n]``. The coordinator sums the vectors: dividing by the last
-   entry gives the example-weighted FedAvg model.
+   sum fixes feature scaling at every node, so all parties encode features
+   identically without sharing a row.
+2. ``train`` (rounds 1..R) — each node opens the previous round's summed
+   update (round 1: the seeded initial model every party builds identically),
+   trains locally and contributes ``[n * weights, n]``; dividing the sum by its
+   last entry gives the example-weighted FedAvg model.
 3. ``evaluate`` (every round) — each node scores its own test rows with the
-   global model and returns score histograms per label (plus its loss sum);
-   the coordinator sums them and reads global AUC, KS, lift, capture and
-   calibration from the sum, never from any party's own metrics.
+   new global model and contributes score histograms per label and its loss sum.
+4. ``release`` — the coordinator asks the nodes to open a sum it is entitled
+   to: each round's summed histograms (it reads global AUC, KS, lift, capture
+   and calibration from them), and the final summed update where the spec asks
+   for the model and the node allows it. Every node opens the sum itself and
+   signs what it releases; the coordinator accepts only identical releases
+   from all parties. Statistics are never released.
 
-Every vector that leaves a node is summed by the coordinator and nothing else:
-aggregation is isolated in :class:`VectorSum`, so an encrypted sum can replace
-the plaintext one without touching the steps.
+All vectors travel as signed contributions through a
+:class:`~fedprop.protocols.secure_sum.SumScheme`, and a node opens a sum only
+after checking it is the sum of one signed contribution from every party
+(:func:`~fedprop.protocols.secure_sum.check_aggregate`).
 
-What each role learns in ``plaintext`` mode (the baseline): the coordinator
-sees every party's statistics, update and histograms; nodes see the sums.
+What each role learns (paillier): the coordinator holds the job's public key,
+ciphertexts, the summed histograms, and the final model if every node released
+it; never a single party's statistics, update, example count or metrics. Each
+node learns the sums. In ``plaintext`` mode (a baseline) the coordinator can
+read every contribution.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
 import numpy as np
 from torch import nn
 
-from fedprop.data.encoding import FeatureEncoder, local_stats
+from fedprop.crypto.identity import Manifest, NodeIdentity, check_parties, sign, verify
+from fedprop.data.encoding import (
+    FeatureEncoder,
+    count_slots,
+    encoded_feature_names,
+    local_stats,
+    stats_layout,
+)
 from fedprop.data.loader import PartyData
 from fedprop.errors import FedpropError, JobFailedError
 from fedprop.models.metrics import GlobalMetrics, ScoreHistogram, global_metrics
-from fedprop.models.nets import build_model, load_vector, to_vector
+from fedprop.models.nets import build_model, load_vector, parameter_count, to_vector
 from fedprop.models.train import positive_weight, predict_proba, train_epochs
-from fedprop.spec import JobSpec
-
-T = TypeVar("T")
+from fedprop.protocols.keys import KeyBundle, make_bundle
+from fedprop.protocols.secure_sum import (
+    Contribution,
+    PaillierScheme,
+    PlaintextScheme,
+    SignedSum,
+    SumScheme,
+    VectorKind,
+    check_aggregate,
+    release_digest,
+    sign_contribution,
+)
+from fedprop.spec import Aggregation, JobSpec
 
 __all__ = [
-    "EvalReply",
+    "ContributionReply",
     "HflCoordinator",
     "HflNode",
     "HflResult",
     "InProcessTransport",
+    "JobRequest",
+    "KeysReply",
     "ModelRequest",
-    "PlaintextSum",
+    "NodeSettings",
+    "ReleaseRefused",
+    "ReleaseReply",
+    "ReleaseRequest",
     "RoundRecord",
-    "StatsReply",
-    "StatsRequest",
     "Step",
-    "TrainReply",
     "Transport",
-    "VectorSum",
     "decode_average",
     "encode_update",
     "run_hfl",
 ]
 
+T = TypeVar("T")
+
 
 class Step(StrEnum):
     """Protocol steps; the values are the Flower message types that carry them."""
 
+    KEYS = "query.keys"
     STATS = "query.stats"
     TRAIN = "train"
     EVALUATE = "evaluate"
+    RELEASE = "query.release"
 
 
 # --- messages ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class StatsRequest:
-    """Ask every node for its additive training statistics."""
+class JobRequest:
+    """The keys and stats steps: the spec and (paillier) the job's key bundle."""
 
     spec: str
+    keys: bytes
 
 
 @dataclass(frozen=True)
-class StatsReply:
-    """A node's statistics vector (layout: :func:`fedprop.data.encoding.stats_layout`)."""
+class KeysReply:
+    """The key holder's bundle (other parties answer with empty bytes)."""
 
     party: str
-    stats: np.ndarray
+    bundle: bytes
 
 
 @dataclass(frozen=True)
 class ModelRequest:
     """Train or evaluate from the global model.
 
-    ``model`` is ``None`` for the seeded initial model, otherwise the previous
-    aggregate ``[sum n*w, sum n]``; ``stats`` is the summed statistics vector.
+    ``stats`` is the summed statistics and ``model`` the previous summed update
+    (``None``: the seeded initial model), each a :class:`SignedSum` in bytes.
     """
 
     spec: str
+    keys: bytes
     round: int
-    stats: np.ndarray
-    model: np.ndarray | None
+    stats: bytes
+    model: bytes | None
 
 
 @dataclass(frozen=True)
-class TrainReply:
-    """A node's weighted update ``[n * weights, n]`` and its mean local training loss."""
+class ReleaseRequest:
+    """Open a sum the coordinator is entitled to (``kind``: histogram or update)."""
 
-    party: str
-    update: np.ndarray
-    train_loss: float
+    spec: str
+    keys: bytes
+    round: int
+    kind: str
+    total: bytes
 
 
 @dataclass(frozen=True)
-class EvalReply:
-    """A node's score histograms on its test rows (layout: :meth:`ScoreHistogram.to_vector`)."""
+class ContributionReply:
+    """A node's sealed, signed vector."""
 
     party: str
-    histogram: np.ndarray
+    payload: bytes
+    signature: bytes
 
 
-Request = StatsRequest | ModelRequest
-Reply = StatsReply | TrainReply | EvalReply
+@dataclass(frozen=True)
+class ReleaseReply:
+    """An opened sum and the releasing node's signature over it."""
+
+    party: str
+    values: np.ndarray
+    signature: bytes
+
+
+Request = JobRequest | ModelRequest | ReleaseRequest
+Reply = KeysReply | ContributionReply | ReleaseReply
 
 
 class Transport(Protocol):
@@ -177,71 +222,142 @@ def decode_average(aggregate: np.ndarray) -> np.ndarray:
     return np.asarray(aggregate[:-1] / total, dtype=np.float64)
 
 
-class VectorSum(Protocol):
-    """How the coordinator adds the vectors parties send (plaintext or encrypted)."""
-
-    def add(self, vectors: Sequence[np.ndarray]) -> np.ndarray:
-        """Return the element-wise sum."""
-        ...
+def update_length(spec: JobSpec) -> int:
+    """Values in one update vector: every model parameter, then the example count."""
+    n_features = len(encoded_feature_names(spec.schema))
+    return parameter_count(build_model(spec.model, n_features, spec.train.seed)) + 1
 
 
-class PlaintextSum:
-    """Sums vectors in the clear (the baseline aggregation mode)."""
-
-    def add(self, vectors: Sequence[np.ndarray]) -> np.ndarray:
-        """Element-wise sum; all vectors must have the same length and be finite."""
-        if not vectors:
-            raise ValueError("nothing to sum")
-        size = vectors[0].shape
-        for v in vectors:
-            if v.shape != size:
-                raise ValueError(f"vector shapes differ: {v.shape} vs {size}")
-            if not np.all(np.isfinite(v)):
-                raise ValueError("vector contains NaN or infinity")
-        total: np.ndarray = np.sum(np.stack(vectors), axis=0)
-        return total
+def histogram_length(spec: JobSpec) -> int:
+    """Values in one histogram vector (:meth:`ScoreHistogram.to_vector`)."""
+    return 2 * spec.evaluate.histogram_bins + 1
 
 
 # --- roles -------------------------------------------------------------------------------------
 
 
+class ReleaseRefused(FedpropError):
+    """A node refused to open a sum for the coordinator."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What a node brings besides its data: its identity, pinned manifest and choices."""
+
+    identity: NodeIdentity
+    manifest: Manifest
+    allow_plaintext: bool = False
+    allow_model_release: bool = False
+
+
 class HflNode:
     """A party: holds its own rows and answers the coordinator's steps."""
 
-    def __init__(self, spec: JobSpec, data: PartyData) -> None:
-        if data.name not in spec.parties:
-            raise FedpropError(f"party '{data.name}' is not a party of job '{spec.id}'")
+    def __init__(self, spec: JobSpec, data: PartyData, settings: NodeSettings) -> None:
+        name = settings.identity.name
+        if data.name != name:
+            raise FedpropError(f"data of '{data.name}' given to node '{name}'")
+        if name not in spec.parties:
+            raise FedpropError(f"party '{name}' is not a party of job '{spec.id}'")
+        check_parties(settings.manifest, spec.parties)
+        if spec.aggregation is Aggregation.PLAINTEXT and not settings.allow_plaintext:
+            raise FedpropError(
+                f"party '{name}' refuses job '{spec.id}': aggregation 'plaintext' would show "
+                "its updates to the coordinator, and this node does not allow it"
+            )
         self.spec = spec
         self.data = data
-        self._index = spec.parties.index(data.name)
+        self.settings = settings
+        self._index = spec.parties.index(name)
+        self._schemes: dict[bytes, SumScheme] = {}
         self._encoded: tuple[bytes, FeatureEncoder, np.ndarray, np.ndarray] | None = None
 
-    def stats(self) -> StatsReply:
-        """Step 1: this party's additive training statistics."""
-        return StatsReply(self.data.name, local_stats(self.data.train, self.spec.schema))
+    @property
+    def name(self) -> str:
+        """This node's party name."""
+        return self.settings.identity.name
 
-    def _encoder(self, stats: np.ndarray) -> tuple[FeatureEncoder, np.ndarray, np.ndarray]:
-        key = stats.tobytes()
-        if self._encoded is None or self._encoded[0] != key:
-            encoder = FeatureEncoder.from_global_stats(self.spec.schema, stats)
+    # -- sums --
+
+    def _scheme(self, keys: bytes) -> SumScheme:
+        if self.spec.aggregation is Aggregation.PLAINTEXT:
+            return PlaintextScheme()
+        if keys not in self._schemes:
+            bundle = KeyBundle.from_bytes(keys)
+            private = bundle.private(self.spec, self.settings.manifest, self.settings.identity)
+            self._schemes = {keys: PaillierScheme(private, len(self.spec.parties))}
+        return self._schemes[keys]
+
+    def _contribute(
+        self, keys: bytes, kind: VectorKind, round_: int, vector: np.ndarray
+    ) -> ContributionReply:
+        payload = self._scheme(keys).seal(vector)
+        c = sign_contribution(self.settings.identity, self.spec.id, kind, round_, payload)
+        return ContributionReply(c.party, c.payload, c.signature)
+
+    def _open(
+        self, keys: bytes, total: bytes, kind: VectorKind, round_: int, length: int
+    ) -> np.ndarray:
+        signed = SignedSum.from_bytes(total)
+        scheme = self._scheme(keys)
+        check_aggregate(
+            scheme,
+            signed.aggregate,
+            signed.contributions,
+            manifest=self.settings.manifest,
+            parties=self.spec.parties,
+            job_id=self.spec.id,
+            kind=kind,
+            round_=round_,
+        )
+        return scheme.open(signed.aggregate, length, len(self.spec.parties))
+
+    def _stats(self, keys: bytes, total: bytes) -> np.ndarray:
+        stats = self._open(keys, total, VectorKind.STATS, 0, len(stats_layout(self.spec.schema)))
+        counts = count_slots(self.spec.schema)
+        stats[counts] = np.rint(stats[counts])  # exact counts, free of fixed-point error
+        return stats
+
+    def _encoder(self, request: ModelRequest) -> tuple[FeatureEncoder, np.ndarray, np.ndarray]:
+        if self._encoded is None or self._encoded[0] != request.stats:
+            encoder = FeatureEncoder.from_global_stats(
+                self.spec.schema, self._stats(request.keys, request.stats)
+            )
             x = encoder.transform(self.data.train)
             y = encoder.labels(self.data.train)
-            self._encoded = (key, encoder, x, y)
+            self._encoded = (request.stats, encoder, x, y)
         return self._encoded[1], self._encoded[2], self._encoded[3]
 
-    def _global_model(self, request: ModelRequest, n_features: int) -> nn.Module:
-        """The seeded initial model (round 1) or the average of the received aggregate."""
+    def _global_model(self, request: ModelRequest, n_features: int, round_: int) -> nn.Module:
+        """The seeded initial model, or the average of the previous round's summed update."""
         model = build_model(self.spec.model, n_features, self.spec.train.seed)
         if request.model is not None:
-            load_vector(model, decode_average(request.model))
+            summed = self._open(
+                request.keys, request.model, VectorKind.UPDATE, round_, update_length(self.spec)
+            )
+            load_vector(model, decode_average(summed))
         return model
 
-    def train(self, request: ModelRequest) -> TrainReply:
+    # -- steps --
+
+    def keys(self, request: JobRequest) -> KeysReply:
+        """Step 0: the key holder makes and seals the job key; others answer empty."""
+        if self.name != self.spec.key_holder or self.spec.aggregation is Aggregation.PLAINTEXT:
+            return KeysReply(self.name, b"")
+        bundle = make_bundle(self.spec, self.settings.manifest, self.settings.identity)
+        return KeysReply(self.name, bundle.to_bytes())
+
+    def stats(self, request: JobRequest) -> ContributionReply:
+        """Step 1: this party's additive training statistics, sealed."""
+        vector = local_stats(self.data.train, self.spec.schema)
+        return self._contribute(request.keys, VectorKind.STATS, 0, vector)
+
+    def train(self, request: ModelRequest) -> ContributionReply:
         """Step 2: train from the global model on this party's rows."""
-        encoder, x, y = self._encoder(request.stats)
-        model = self._global_model(request, encoder.n_features)
+        encoder, x, y = self._encoder(request)
+        model = self._global_model(request, encoder.n_features, request.round - 1)
         cfg = self.spec.train
-        loss = train_epochs(
+        train_epochs(
             model,
             x,
             y,
@@ -250,29 +366,52 @@ class HflNode:
             pos_weight=positive_weight(cfg.class_weighting, encoder.rows, encoder.positives),
             seed=cfg.seed + 7919 * request.round + self._index,
         )
-        return TrainReply(self.data.name, encode_update(to_vector(model), len(x)), loss)
+        update = encode_update(to_vector(model), len(x))
+        return self._contribute(request.keys, VectorKind.UPDATE, request.round, update)
 
-    def evaluate(self, request: ModelRequest) -> EvalReply:
-        """Step 3: score this party's test rows with the global model; return histograms."""
-        encoder, _, _ = self._encoder(request.stats)
-        model = self._global_model(request, encoder.n_features)
-        x = encoder.transform(self.data.test)
-        y = encoder.labels(self.data.test)
-        scores = predict_proba(model, x)
-        histogram = ScoreHistogram.from_scores(scores, y, self.spec.evaluate.histogram_bins)
-        eps = 1e-12
-        loss = -float(np.sum(y * np.log(scores + eps) + (1 - y) * np.log(1 - scores + eps)))
-        histogram = ScoreHistogram(histogram.positives, histogram.negatives, loss)
-        return EvalReply(self.data.name, histogram.to_vector())
+    def evaluate(self, request: ModelRequest) -> ContributionReply:
+        """Step 3: score this party's test rows with the new global model; seal the histograms."""
+        encoder, _, _ = self._encoder(request)
+        model = self._global_model(request, encoder.n_features, request.round)
+        scores = predict_proba(model, encoder.transform(self.data.test))
+        histogram = ScoreHistogram.from_scores(
+            scores, encoder.labels(self.data.test), self.spec.evaluate.histogram_bins
+        )
+        return self._contribute(
+            request.keys, VectorKind.HISTOGRAM, request.round, histogram.to_vector()
+        )
+
+    def release(self, request: ReleaseRequest) -> ReleaseReply:
+        """Step 4: open a sum for the coordinator, where this node's rules allow it."""
+        kind = VectorKind(request.kind)
+        if kind is VectorKind.HISTOGRAM:
+            length = histogram_length(self.spec)
+        elif kind is VectorKind.UPDATE and not self.spec.release_model:
+            raise ReleaseRefused(f"'{self.name}': job '{self.spec.id}' does not ask for the model")
+        elif kind is VectorKind.UPDATE and not self.settings.allow_model_release:
+            raise ReleaseRefused(f"'{self.name}' does not allow the model to be released")
+        elif kind is VectorKind.UPDATE:
+            length = update_length(self.spec)
+        else:
+            raise ReleaseRefused(f"'{self.name}' never releases summed {kind.value}")
+        values = self._open(request.keys, request.total, kind, request.round, length)
+        if kind is VectorKind.HISTOGRAM:
+            values[:-1] = np.rint(values[:-1])  # exact counts, free of fixed-point error
+        digest = release_digest(self.spec.id, kind, request.round, values)
+        return ReleaseReply(self.name, values, sign(self.settings.identity, digest))
 
     def handle(self, step: Step, request: Request) -> Reply:
         """Answer one request (the single entry point an adapter calls)."""
-        if step is Step.STATS and isinstance(request, StatsRequest):
-            return self.stats()
+        if step is Step.KEYS and isinstance(request, JobRequest):
+            return self.keys(request)
+        if step is Step.STATS and isinstance(request, JobRequest):
+            return self.stats(request)
         if step is Step.TRAIN and isinstance(request, ModelRequest):
             return self.train(request)
         if step is Step.EVALUATE and isinstance(request, ModelRequest):
             return self.evaluate(request)
+        if step is Step.RELEASE and isinstance(request, ReleaseRequest):
+            return self.release(request)
         raise FedpropError(f"step '{step}' does not take a {type(request).__name__}")
 
 
@@ -282,8 +421,8 @@ class RoundRecord:
 
     round: int
     metrics: GlobalMetrics
-    train_loss: float
     seconds: float
+    bytes_from: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -291,55 +430,10 @@ class HflResult:
     """The outcome of a training job, as the coordinator holds it."""
 
     spec: JobSpec
-    weights: np.ndarray
-    n_features: int
+    weights: np.ndarray | None
     rounds: tuple[RoundRecord, ...]
     final: GlobalMetrics
-    seconds: float = 0.0
-    bytes_sent: Mapping[str, int] = field(default_factory=dict)
-
-
-class HflCoordinator:
-    """The coordinator: sums what parties send and reads the global metrics."""
-
-    def __init__(self, spec: JobSpec, summer: VectorSum | None = None) -> None:
-        self.spec = spec
-        self.summer: VectorSum = summer or PlaintextSum()
-
-    def _check_parties(self, step: Step, replies: Mapping[str, Reply]) -> None:
-        expected = set(self.spec.parties)
-        got = set(replies)
-        if got != expected:
-            missing = ", ".join(sorted(expected - got)) or "none"
-            extra = ", ".join(sorted(got - expected)) or "none"
-            raise JobFailedError(
-                f"{step.value}: replies do not match the job's parties "
-                f"(missing: {missing}; unexpected: {extra})"
-            )
-
-    def _ordered(self, replies: Mapping[str, Reply]) -> list[Reply]:
-        """Replies in the spec's party order, so sums do not depend on arrival order."""
-        return [replies[p] for p in self.spec.parties]
-
-    def sum_stats(self, replies: Mapping[str, Reply]) -> np.ndarray:
-        """Sum the parties' statistics vectors."""
-        self._check_parties(Step.STATS, replies)
-        return self.summer.add([_expect(r, StatsReply).stats for r in self._ordered(replies)])
-
-    def sum_updates(self, replies: Mapping[str, Reply]) -> tuple[np.ndarray, float]:
-        """Sum the weighted updates; also return the example-weighted mean training loss."""
-        self._check_parties(Step.TRAIN, replies)
-        train = [_expect(r, TrainReply) for r in self._ordered(replies)]
-        aggregate = self.summer.add([r.update for r in train])
-        loss = sum(r.train_loss * float(r.update[-1]) for r in train) / float(aggregate[-1])
-        return aggregate, loss
-
-    def read_metrics(self, replies: Mapping[str, Reply]) -> GlobalMetrics:
-        """Global metrics from the summed histograms."""
-        self._check_parties(Step.EVALUATE, replies)
-        summed = self.summer.add([_expect(r, EvalReply).histogram for r in self._ordered(replies)])
-        bins = self.spec.evaluate.histogram_bins
-        return global_metrics(ScoreHistogram.from_vector(summed, bins))
+    seconds: float
 
 
 def _expect(reply: Reply, kind: type[T]) -> T:
@@ -348,39 +442,146 @@ def _expect(reply: Reply, kind: type[T]) -> T:
     return reply
 
 
+class HflCoordinator:
+    """The coordinator: relays the job key, adds contributions, accepts releases."""
+
+    def __init__(self, spec: JobSpec, manifest: Manifest) -> None:
+        check_parties(manifest, spec.parties)
+        self.spec = spec
+        self.manifest = manifest
+        self.keys = b""
+        self.scheme: SumScheme = PlaintextScheme()
+        self.received: dict[str, int] = dict.fromkeys(spec.parties, 0)
+
+    def _ordered(self, step: Step, replies: Mapping[str, Reply]) -> list[Reply]:
+        """Replies in the spec's party order; all parties, no others."""
+        expected, got = set(self.spec.parties), set(replies)
+        if got != expected:
+            missing = ", ".join(sorted(expected - got)) or "none"
+            extra = ", ".join(sorted(got - expected)) or "none"
+            raise JobFailedError(
+                f"{step.value}: replies do not match the job's parties "
+                f"(missing: {missing}; unexpected: {extra})"
+            )
+        return [replies[p] for p in self.spec.parties]
+
+    def use_keys(self, replies: Mapping[str, Reply]) -> None:
+        """Take the key holder's bundle; keep only its public key."""
+        reply = _expect(
+            self._ordered(Step.KEYS, replies)[self.spec.parties.index(self.spec.key_holder)],
+            KeysReply,
+        )
+        try:
+            public = KeyBundle.from_bytes(reply.bundle).public(self.spec, self.manifest)
+        except FedpropError as exc:
+            raise JobFailedError(f"keys: {exc}") from None
+        self.keys = reply.bundle
+        self.scheme = PaillierScheme(public, len(self.spec.parties))
+
+    def collect(
+        self, step: Step, replies: Mapping[str, Reply], kind: VectorKind, round_: int
+    ) -> bytes:
+        """Add the parties' contributions; return the signed sum to relay, in bytes."""
+        contributions = []
+        for reply in self._ordered(step, replies):
+            r = _expect(reply, ContributionReply)
+            contributions.append(Contribution(r.party, r.payload, r.signature))
+            self.received[r.party] += len(r.payload) + len(r.signature)
+        try:
+            aggregate = self.scheme.add([c.payload for c in contributions])
+            check_aggregate(
+                self.scheme,
+                aggregate,
+                contributions,
+                manifest=self.manifest,
+                parties=self.spec.parties,
+                job_id=self.spec.id,
+                kind=kind,
+                round_=round_,
+            )
+        except FedpropError as exc:
+            raise JobFailedError(f"{step.value}: {exc}") from None
+        return SignedSum(aggregate, tuple(contributions)).to_bytes()
+
+    def accept_release(
+        self, replies: Mapping[str, Reply], kind: VectorKind, round_: int
+    ) -> np.ndarray:
+        """The released sum, once every party released the same values and signed them."""
+        releases = [_expect(r, ReleaseReply) for r in self._ordered(Step.RELEASE, replies)]
+        keys = {node.name: node for node in self.manifest.nodes}
+        first = releases[0].values
+        for r in releases:
+            self.received[r.party] += r.values.nbytes + len(r.signature)
+            if r.values.shape != first.shape or not np.array_equal(r.values, first):
+                raise JobFailedError(
+                    f"release of {kind} round {round_}: '{r.party}' released different values"
+                )
+            try:
+                verify(
+                    keys[r.party], release_digest(self.spec.id, kind, round_, r.values), r.signature
+                )
+            except FedpropError:
+                raise JobFailedError(
+                    f"release of {kind} round {round_}: signature of '{r.party}' does not verify"
+                ) from None
+        return np.array(first, dtype=np.float64)
+
+
 ProgressFn = Callable[[RoundRecord], None]
 
 
 def run_hfl(
     spec: JobSpec,
     transport: Transport,
+    manifest: Manifest,
     *,
-    summer: VectorSum | None = None,
     progress: ProgressFn | None = None,
 ) -> HflResult:
     """Run a whole ``hfl-train`` job over ``transport``; return what the coordinator holds."""
     started = time.perf_counter()
-    coordinator = HflCoordinator(spec, summer)
-    stats = coordinator.sum_stats(transport.broadcast(Step.STATS, StatsRequest(spec.text)))
-    aggregate: np.ndarray | None = None
+    c = HflCoordinator(spec, manifest)
+    if spec.aggregation is Aggregation.PAILLIER:
+        c.use_keys(transport.broadcast(Step.KEYS, JobRequest(spec.text, b"")))
+    stats = c.collect(
+        Step.STATS,
+        transport.broadcast(Step.STATS, JobRequest(spec.text, c.keys)),
+        VectorKind.STATS,
+        0,
+    )
+
+    def release(kind: VectorKind, round_: int, total: bytes) -> np.ndarray:
+        request = ReleaseRequest(spec.text, c.keys, round_, kind.value, total)
+        return c.accept_release(transport.broadcast(Step.RELEASE, request), kind, round_)
+
+    model: bytes | None = None
     records: list[RoundRecord] = []
     for rnd in range(1, spec.train.rounds + 1):
         t0 = time.perf_counter()
-        request = ModelRequest(spec.text, rnd, stats, aggregate)
-        aggregate, loss = coordinator.sum_updates(transport.broadcast(Step.TRAIN, request))
-        evaluation = ModelRequest(spec.text, rnd, stats, aggregate)
-        metrics = coordinator.read_metrics(transport.broadcast(Step.EVALUATE, evaluation))
-        record = RoundRecord(rnd, metrics, loss, time.perf_counter() - t0)
+        before = dict(c.received)
+        train = ModelRequest(spec.text, c.keys, rnd, stats, model)
+        model = c.collect(
+            Step.TRAIN, transport.broadcast(Step.TRAIN, train), VectorKind.UPDATE, rnd
+        )
+        evaluate = ModelRequest(spec.text, c.keys, rnd, stats, model)
+        histograms = c.collect(
+            Step.EVALUATE, transport.broadcast(Step.EVALUATE, evaluate), VectorKind.HISTOGRAM, rnd
+        )
+        summed = release(VectorKind.HISTOGRAM, rnd, histograms)
+        metrics = global_metrics(ScoreHistogram.from_vector(summed, spec.evaluate.histogram_bins))
+        sent = {p: c.received[p] - before[p] for p in spec.parties}
+        record = RoundRecord(rnd, metrics, time.perf_counter() - t0, sent)
         records.append(record)
         if progress is not None:
             progress(record)
-    assert aggregate is not None  # rounds >= 1 is enforced by the spec
-    weights = decode_average(aggregate)
-    encoder_features = FeatureEncoder.from_global_stats(spec.schema, stats).n_features
+    assert model is not None  # rounds >= 1 is enforced by the spec
+    weights = (
+        decode_average(release(VectorKind.UPDATE, spec.train.rounds, model))
+        if spec.release_model
+        else None
+    )
     return HflResult(
         spec=spec,
         weights=weights,
-        n_features=encoder_features,
         rounds=tuple(records),
         final=records[-1].metrics,
         seconds=time.perf_counter() - started,

@@ -1,0 +1,104 @@
+"""Every security parameter of fedprop's cryptography, in one place.
+
+Changing a value here changes it everywhere: key generation, the checks that
+refuse weak keys received from others, the packing codec, identity sealing and
+signatures. Each constant says why it has its value. Labels and context strings
+end in a version; bumping one makes old blobs and signatures unreadable on
+purpose rather than silently reinterpreted.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from cryptography.hazmat.primitives import hashes
+
+__all__ = [
+    "ALLOWED_PAILLIER_BITS",
+    "DEFAULT_FRAC_BITS",
+    "DEFAULT_PAILLIER_BITS",
+    "IDENTITY_DIR_MODE",
+    "IDENTITY_FILE_MODE",
+    "MAX_SEALED_SECRET_BYTES",
+    "MIN_PAILLIER_BITS",
+    "PRIME_TEST_ROUNDS",
+    "SEAL_AD_LABEL",
+    "SEAL_AEAD_KEY_BYTES",
+    "SEAL_AEAD_NONCE_BYTES",
+    "SEAL_HKDF_HASH",
+    "SEAL_HKDF_INFO_LABEL",
+    "SEAL_SIGNATURE_LABEL",
+    "SIGNATURE_LABEL",
+    "SLOT_GUARD_BITS",
+]
+
+# --- Paillier ---------------------------------------------------------------------------
+
+#: Size of the modulus n of a new job key. 2048-bit factoring is rated at 112-bit security
+#: (NIST SP 800-57 Part 1 Rev. 5, table 2), acceptable for keys that live for one job.
+DEFAULT_PAILLIER_BITS: Final = 2048
+
+#: Smallest modulus fedprop generates or accepts from anyone. Below 2048 bits the factoring
+#: security falls under 112 bits (1024-bit RSA-size moduli are disallowed by NIST since 2013).
+MIN_PAILLIER_BITS: Final = 2048
+
+#: The only modulus sizes fedprop generates or accepts: 2048 (112-bit security) and 3072
+#: (128-bit security, NIST SP 800-57). A closed list keeps every party's policy checkable and
+#: the ciphertext width predictable.
+ALLOWED_PAILLIER_BITS: Final = (2048, 3072)
+
+#: Miller-Rabin rounds (gmpy2.is_prime) when a private key is loaded from bytes: the chance that
+#: a composite passes is below 4**-40 = 2**-80, and a loaded key's p and q must be prime for
+#: decryption (and the security argument) to hold.
+PRIME_TEST_ROUNDS: Final = 40
+
+# --- packing ----------------------------------------------------------------------------
+
+#: Default fractional bits of the fixed-point encoding: one encoded value is off by at most
+#: 2**-25 (about 3e-8), finer than float32 model weights resolve (2**-24 relative).
+DEFAULT_FRAC_BITS: Final = 24
+
+#: Extra bits on top of the width an exact sum of max_summands slots needs. A sum can never
+#: carry into the next slot even without it (the width already holds the largest sum); the
+#: guard bit makes a slot that holds more than that (a wrong summand count, a corrupted
+#: aggregate) detectable when it is unpacked instead of silently wrapping.
+SLOT_GUARD_BITS: Final = 1
+
+# --- identities, sealing and signatures -------------------------------------------------
+
+#: Hash of the HKDF (RFC 5869) that turns an X25519 shared secret into an AES key. SHA-256
+#: gives a 256-bit pseudo-random key, the strength of X25519 (~128-bit) with margin.
+SEAL_HKDF_HASH: Final = hashes.SHA256
+
+#: HKDF ``info`` prefix for sealing keys; the job id follows it, so a key derived for one job
+#: (or for another protocol using the same identity keys) is never the key of another.
+SEAL_HKDF_INFO_LABEL: Final = b"fedprop-seal-key-v1:"
+
+#: First field of the AES-GCM associated data of a sealed blob (domain separation).
+SEAL_AD_LABEL: Final = b"fedprop-seal-ad-v1"
+
+#: AES-256-GCM key size in bytes: 256-bit keys keep a margin against multi-target attacks.
+SEAL_AEAD_KEY_BYTES: Final = 32
+
+#: AES-GCM nonce size in bytes: the 96-bit nonce NIST SP 800-38D recommends. Each sealing key
+#: comes from a fresh ephemeral X25519 key and encrypts one message, so a random nonce can
+#: never repeat under one key.
+SEAL_AEAD_NONCE_BYTES: Final = 12
+
+#: Largest secret a sealed blob may carry (a 3072-bit Paillier private key is ~400 bytes);
+#: bounds the memory a malformed blob can make a node allocate.
+MAX_SEALED_SECRET_BYTES: Final = 64 * 1024
+
+#: Prefix of every message signed with :func:`fedprop.crypto.identity.sign`. Signatures made for
+#: sealed blobs use another prefix, so neither can be passed off as the other.
+SIGNATURE_LABEL: Final = b"fedprop-signature-v1\x00"
+
+#: Prefix of the message a sender signs over a sealed blob.
+SEAL_SIGNATURE_LABEL: Final = b"fedprop-sealed-blob-v1\x00"
+
+#: A node's key folder: owner only (like ~/.ssh). Private keys are stored unencrypted in it;
+#: protecting the disk (full-disk encryption, an HSM, access control) is the operator's job.
+IDENTITY_DIR_MODE: Final = 0o700
+
+#: Each private key file: owner read/write only; load refuses files others can read.
+IDENTITY_FILE_MODE: Final = 0o600
