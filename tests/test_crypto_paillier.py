@@ -1,4 +1,4 @@
-"""Paillier on raw integers: correctness at 2048 bits, CRT equivalence, refusals."""
+"""Paillier on raw integers: correctness at 2048 bits, DJN randomness, refusals."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from fedprop.crypto import paillier
 from fedprop.crypto.packing import PackingSpec, pack, unpack_sum
 from fedprop.crypto.paillier import (
-    PARALLEL_MIN_ITEMS,
+    PARALLEL_MIN_DECRYPTIONS,
+    PARALLEL_MIN_ENCRYPTIONS,
     CiphertextError,
     KeyFormatError,
     KeySizeError,
@@ -28,6 +29,7 @@ from fedprop.crypto.paillier import (
     encrypt_many,
     generate_keypair,
 )
+from fedprop.crypto.params import RANDOMNESS_EXPONENT_BITS
 
 
 @pytest.fixture(scope="session")
@@ -130,15 +132,29 @@ def test_encrypt_decrypt_round_trip(key: PrivateKey) -> None:
         assert decrypt(key, encrypt(key.public, m)) == m
 
 
-def test_crt_encryption_equals_public_encryption_for_the_same_randomness(
-    key: PrivateKey,
-) -> None:
-    n = gmpy2.mpz(key.public.n)
-    crt = key._crt
-    for _ in range(5):
-        m = secrets.randbelow(int(n))
-        r = paillier._fresh_r(n)
-        assert paillier._encrypt_crt_raw(crt, m, r) == paillier._encrypt_public_raw(n, n * n, m, r)
+def test_fixed_base_table_gives_the_same_power_as_powmod(key: PrivateKey) -> None:
+    table = paillier._fixed_base(key.public.n)
+    base = table.rows[0][1]  # h_s itself
+    assert table.exponent_bits == RANDOMNESS_EXPONENT_BITS[2048] == 1024
+    for alpha in (0, 1, 2**1024 - 1, secrets.randbits(1024), secrets.randbits(1024)):
+        assert table.power(alpha) == gmpy2.powmod(base, alpha, table.nsquare)
+
+
+def test_randomness_is_an_nth_residue_that_encrypts_zero(key: PrivateKey) -> None:
+    table = paillier._fixed_base(key.public.n)
+    base = int(table.rows[0][1])
+    assert base != 1
+    assert decrypt(key, base) == 0  # h_s = h^n: a valid encryption of 0
+    lam = (key.p - 1) * (key.q - 1)
+    assert pow(base, lam, key.public.n**2) == 1  # an n-th residue
+
+
+def test_a_ciphertext_times_its_message_inverse_is_pure_randomness(key: PrivateKey) -> None:
+    n, m = key.public.n, 123456789
+    c = encrypt(key.public, m)
+    randomness = c * pow(1 + m * n, -1, n * n) % (n * n)
+    assert randomness not in (0, 1)
+    assert decrypt(key, randomness) == 0
 
 
 def test_encryptions_of_the_same_plaintext_differ(key: PrivateKey) -> None:
@@ -244,7 +260,8 @@ def test_malformed_blobs_are_refused(key: PrivateKey) -> None:
 def test_encrypt_many_in_two_workers_matches_in_process(
     key: PrivateKey, caplog: pytest.LogCaptureFixture
 ) -> None:
-    plaintexts = [secrets.randbelow(2**200) for _ in range(PARALLEL_MIN_ITEMS + 10)]
+    plaintexts = [secrets.randbelow(2**200) for _ in range(PARALLEL_MIN_ENCRYPTIONS + 10)]
+    assert len(plaintexts) > PARALLEL_MIN_DECRYPTIONS
     plaintexts[:20] = [5] * 20  # equal plaintexts must still get distinct ciphertexts
     with caplog.at_level(logging.WARNING, logger="fedprop.crypto.paillier"):
         parallel = encrypt_many(key, plaintexts, workers=2)

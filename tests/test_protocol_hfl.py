@@ -8,7 +8,7 @@ update from it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -74,8 +74,10 @@ class RecordingTransport(InProcessTransport):
         super().__init__(nodes)
         self.log: list[tuple[Step, Request, Mapping[str, Reply]]] = []
 
-    def broadcast(self, step: Step, request: Request) -> Mapping[str, Reply]:
-        replies = super().broadcast(step, request)
+    def broadcast(
+        self, step: Step, request: Request, to: Sequence[str] | None = None
+    ) -> Mapping[str, Reply]:
+        replies = super().broadcast(step, request, to)
         self.log.append((step, request, replies))
         return replies
 
@@ -240,8 +242,10 @@ def test_a_tampered_contribution_fails_the_round(
     nodes = nodes_for(s, node_configs)
 
     class Tamper(InProcessTransport):
-        def broadcast(self, step: Step, request: Request) -> Mapping[str, Reply]:
-            replies = dict(super().broadcast(step, request))
+        def broadcast(
+            self, step: Step, request: Request, to: Sequence[str] | None = None
+        ) -> Mapping[str, Reply]:
+            replies = dict(super().broadcast(step, request, to))
             reply = replies["bank-d"]
             if step is Step.TRAIN and isinstance(reply, ContributionReply):
                 flipped = bytes([reply.payload[-1] ^ 1])

@@ -9,7 +9,7 @@ reply turned into a :class:`JobFailedError` that names the party.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -46,6 +46,9 @@ REPLIES: dict[Step, type[KeysReply] | type[ContributionReply] | type[ReleaseRepl
 NODE_WAIT_SECONDS = 120.0
 #: Seconds to wait for the replies to one step.
 STEP_TIMEOUT_SECONDS = 600.0
+#: Seconds between two pulls for replies: short, since a pull is a cheap local call (or
+#: one small request to the SuperLink) and every step waits for its replies.
+PULL_INTERVAL_SECONDS = 0.005
 
 
 class GridTransport:
@@ -79,9 +82,37 @@ class GridTransport:
                 )
             time.sleep(0.5)
 
-    def broadcast(self, step: Step, request: Request) -> Mapping[str, Reply]:
-        """Send ``request`` to every node; return each party's reply."""
-        node_ids = self._node_ids()
+    def _node_ids_of(self, parties: Sequence[str]) -> list[int]:
+        node_of = {party: node_id for node_id, party in self._party_of.items()}
+        unknown = [p for p in parties if p not in node_of]
+        if unknown:
+            raise JobFailedError(f"no connected node has answered as {', '.join(unknown)}")
+        return [node_of[p] for p in parties]
+
+    def _send_and_receive(self, messages: list[Message]) -> list[Message]:
+        """Push ``messages``; pull replies until all are in or the step times out.
+
+        Polls every :data:`PULL_INTERVAL_SECONDS` (Flower's own loop waits 0.1 s in
+        simulation and 3 s against a SuperLink between pulls, which would add up to that
+        much to every step).
+        """
+        pending = set(self.grid.push_messages(messages))
+        deadline = time.monotonic() + self.step_timeout
+        replies: list[Message] = []
+        while pending and time.monotonic() < deadline:
+            pulled = list(self.grid.pull_messages(pending))
+            replies += pulled
+            pending -= {m.metadata.reply_to_message_id for m in pulled}
+            if pending:
+                time.sleep(PULL_INTERVAL_SECONDS)
+        return replies
+
+    def broadcast(
+        self, step: Step, request: Request, to: Sequence[str] | None = None
+    ) -> Mapping[str, Reply]:
+        """Send ``request`` to the nodes of the parties ``to`` (default: every node);
+        return each party's reply."""
+        node_ids = self._node_ids() if to is None else self._node_ids_of(to)
         self._round += 1
         messages = [
             Message(
@@ -92,7 +123,7 @@ class GridTransport:
             )
             for node_id in node_ids
         ]
-        replies = list(self.grid.send_and_receive(messages, timeout=self.step_timeout))
+        replies = self._send_and_receive(messages)
         errors = [
             f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()
         ]

@@ -9,6 +9,7 @@ purpose rather than silently reinterpreted.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Final
 
 from cryptography.hazmat.primitives import hashes
@@ -22,6 +23,7 @@ __all__ = [
     "MAX_SEALED_SECRET_BYTES",
     "MIN_PAILLIER_BITS",
     "PRIME_TEST_ROUNDS",
+    "RANDOMNESS_EXPONENT_BITS",
     "SEAL_AD_LABEL",
     "SEAL_AEAD_KEY_BYTES",
     "SEAL_AEAD_NONCE_BYTES",
@@ -51,6 +53,20 @@ ALLOWED_PAILLIER_BITS: Final = (2048, 3072)
 #: a composite passes is below 4**-40 = 2**-80, and a loaded key's p and q must be prime for
 #: decryption (and the security argument) to hold.
 PRIME_TEST_ROUNDS: Final = 40
+
+#: Encryption randomness (Damgard, Jurik and Nielsen, "A generalization of Paillier's
+#: public-key system with applications to electronic voting", IJIS 2010, section 4.2): each
+#: encrypting party picks its own ``h = -x^2 mod n`` (``x`` uniform in ``Z_n^*``), fixes
+#: ``h_s = h^n mod n^2``, and encrypts with ``r^n := h_s^alpha`` for a fresh, uniform
+#: ``alpha`` of this many bits (half the modulus, as in the paper and in the DJN modes of
+#: Intel's Paillier library, SecretFlow HEU and ABY). Security rests on the DCR assumption
+#: and on DJN's assumption that ``h_s^alpha`` with such a short ``alpha`` cannot be told
+#: from a random element of the group ``h_s`` generates; the best known attack on a
+#: ``k/2``-bit exponent costs about ``2^(k/4)`` steps (``2^512`` at 2048 bits), far
+#: above the 112-bit level of the modulus itself.
+RANDOMNESS_EXPONENT_BITS: Final = MappingProxyType(
+    {bits: bits // 2 for bits in ALLOWED_PAILLIER_BITS}
+)
 
 # --- packing ----------------------------------------------------------------------------
 

@@ -17,12 +17,14 @@ Steps (each a request the coordinator broadcasts and every node answers):
    last entry gives the example-weighted FedAvg model.
 3. ``evaluate`` (every round) — each node scores its own test rows with the
    new global model and contributes score histograms per label and its loss sum.
-4. ``release`` — the coordinator asks the nodes to open a sum it is entitled
-   to: each round's summed histograms (it reads global AUC, KS, lift, capture
-   and calibration from them), and the final summed update where the spec asks
-   for the model and the node allows it. Every node opens the sum itself and
-   signs what it releases; the coordinator accepts only identical releases
-   from all parties. Statistics are never released.
+4. ``release`` — the coordinator asks nodes to open a sum it is entitled to:
+   each round's summed histograms (it reads global AUC, KS, lift, capture and
+   calibration from them), opened by one node per round in turn
+   (:func:`metrics_releaser`), and the final summed update where the spec asks
+   for the model and the node allows it, opened by every node. A releasing
+   node signs what it releases, so a wrong metric is attributable to it; the
+   model is accepted only if every party released the same values.
+   Statistics are never released.
 
 All vectors travel as signed contributions through a
 :class:`~fedprop.protocols.secure_sum.SumScheme`, and a node opens a sum only
@@ -39,7 +41,7 @@ read every contribution.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeVar
@@ -69,6 +71,7 @@ from fedprop.protocols.secure_sum import (
     SumScheme,
     VectorKind,
     check_aggregate,
+    check_contributions,
     release_digest,
     sign_contribution,
 )
@@ -92,6 +95,7 @@ __all__ = [
     "Transport",
     "decode_average",
     "encode_update",
+    "metrics_releaser",
     "run_hfl",
 ]
 
@@ -176,14 +180,17 @@ Reply = KeysReply | ContributionReply | ReleaseReply
 
 
 class Transport(Protocol):
-    """Delivers one request to every party of the job and collects their replies.
+    """Delivers one request to the job's parties and collects their replies.
 
     Implementations raise :class:`JobFailedError` naming the party when a
     node fails or does not answer; they never return a partial set.
     """
 
-    def broadcast(self, step: Step, request: Request) -> Mapping[str, Reply]:
-        """Send ``request`` for ``step`` to every party; return replies by party name."""
+    def broadcast(
+        self, step: Step, request: Request, to: Sequence[str] | None = None
+    ) -> Mapping[str, Reply]:
+        """Send ``request`` for ``step`` to the parties ``to`` (default: all of them);
+        return replies by party name."""
         ...
 
 
@@ -198,10 +205,13 @@ class InProcessTransport:
         self.nodes = nodes
         self.steps: list[Step] = []
 
-    def broadcast(self, step: Step, request: Request) -> Mapping[str, Reply]:
-        """Hand ``request`` to every node; return their replies by party."""
+    def broadcast(
+        self, step: Step, request: Request, to: Sequence[str] | None = None
+    ) -> Mapping[str, Reply]:
+        """Hand ``request`` to the nodes ``to`` (default: all); return their replies by party."""
         self.steps.append(step)
-        return {party: node.handle(step, request) for party, node in self.nodes.items()}
+        parties = self.nodes if to is None else to
+        return {party: self.nodes[party].handle(step, request) for party in parties}
 
 
 # --- pure steps --------------------------------------------------------------------------------
@@ -231,6 +241,16 @@ def update_length(spec: JobSpec) -> int:
 def histogram_length(spec: JobSpec) -> int:
     """Values in one histogram vector (:meth:`ScoreHistogram.to_vector`)."""
     return 2 * spec.evaluate.histogram_bins + 1
+
+
+def histogram_counts(spec: JobSpec) -> int:
+    """Leading values of a histogram vector that are counts (all but the loss sum)."""
+    return 2 * spec.evaluate.histogram_bins
+
+
+def metrics_releaser(spec: JobSpec, round_: int) -> str:
+    """The party that opens round ``round_``'s summed histograms (parties take turns)."""
+    return spec.parties[(round_ - 1) % len(spec.parties)]
 
 
 # --- roles -------------------------------------------------------------------------------------
@@ -271,6 +291,7 @@ class HflNode:
         self._index = spec.parties.index(name)
         self._schemes: dict[bytes, SumScheme] = {}
         self._encoded: tuple[bytes, FeatureEncoder, np.ndarray, np.ndarray] | None = None
+        self._model_sum: tuple[bytes, np.ndarray] | None = None
 
     @property
     def name(self) -> str:
@@ -289,14 +310,20 @@ class HflNode:
         return self._schemes[keys]
 
     def _contribute(
-        self, keys: bytes, kind: VectorKind, round_: int, vector: np.ndarray
+        self, keys: bytes, kind: VectorKind, round_: int, vector: np.ndarray, counts: int = 0
     ) -> ContributionReply:
-        payload = self._scheme(keys).seal(vector)
+        payload = self._scheme(keys).seal(vector, counts)
         c = sign_contribution(self.settings.identity, self.spec.id, kind, round_, payload)
         return ContributionReply(c.party, c.payload, c.signature)
 
     def _open(
-        self, keys: bytes, total: bytes, kind: VectorKind, round_: int, length: int
+        self,
+        keys: bytes,
+        total: bytes,
+        kind: VectorKind,
+        round_: int,
+        length: int,
+        counts: int = 0,
     ) -> np.ndarray:
         signed = SignedSum.from_bytes(total)
         scheme = self._scheme(keys)
@@ -310,7 +337,7 @@ class HflNode:
             kind=kind,
             round_=round_,
         )
-        return scheme.open(signed.aggregate, length, len(self.spec.parties))
+        return scheme.open(signed.aggregate, length, len(self.spec.parties), counts)
 
     def _stats(self, keys: bytes, total: bytes) -> np.ndarray:
         stats = self._open(keys, total, VectorKind.STATS, 0, len(stats_layout(self.spec.schema)))
@@ -331,11 +358,15 @@ class HflNode:
     def _global_model(self, request: ModelRequest, n_features: int, round_: int) -> nn.Module:
         """The seeded initial model, or the average of the previous round's summed update."""
         model = build_model(self.spec.model, n_features, self.spec.train.seed)
-        if request.model is not None:
+        if request.model is None:
+            return model
+        if self._model_sum is None or self._model_sum[0] != request.model:
+            # evaluate (round r) and train (round r + 1) start from the same sum: open it once
             summed = self._open(
                 request.keys, request.model, VectorKind.UPDATE, round_, update_length(self.spec)
             )
-            load_vector(model, decode_average(summed))
+            self._model_sum = (request.model, summed)
+        load_vector(model, decode_average(self._model_sum[1]))
         return model
 
     # -- steps --
@@ -378,14 +409,19 @@ class HflNode:
             scores, encoder.labels(self.data.test), self.spec.evaluate.histogram_bins
         )
         return self._contribute(
-            request.keys, VectorKind.HISTOGRAM, request.round, histogram.to_vector()
+            request.keys,
+            VectorKind.HISTOGRAM,
+            request.round,
+            histogram.to_vector(),
+            histogram_counts(self.spec),
         )
 
     def release(self, request: ReleaseRequest) -> ReleaseReply:
         """Step 4: open a sum for the coordinator, where this node's rules allow it."""
         kind = VectorKind(request.kind)
+        counts = 0
         if kind is VectorKind.HISTOGRAM:
-            length = histogram_length(self.spec)
+            length, counts = histogram_length(self.spec), histogram_counts(self.spec)
         elif kind is VectorKind.UPDATE and not self.spec.release_model:
             raise ReleaseRefused(f"'{self.name}': job '{self.spec.id}' does not ask for the model")
         elif kind is VectorKind.UPDATE and not self.settings.allow_model_release:
@@ -394,9 +430,7 @@ class HflNode:
             length = update_length(self.spec)
         else:
             raise ReleaseRefused(f"'{self.name}' never releases summed {kind.value}")
-        values = self._open(request.keys, request.total, kind, request.round, length)
-        if kind is VectorKind.HISTOGRAM:
-            values[:-1] = np.rint(values[:-1])  # exact counts, free of fixed-point error
+        values = self._open(request.keys, request.total, kind, request.round, length, counts)
         digest = release_digest(self.spec.id, kind, request.round, values)
         return ReleaseReply(self.name, values, sign(self.settings.identity, digest))
 
@@ -488,10 +522,7 @@ class HflCoordinator:
             contributions.append(Contribution(r.party, r.payload, r.signature))
             self.received[r.party] += len(r.payload) + len(r.signature)
         try:
-            aggregate = self.scheme.add([c.payload for c in contributions])
-            check_aggregate(
-                self.scheme,
-                aggregate,
+            check_contributions(
                 contributions,
                 manifest=self.manifest,
                 parties=self.spec.parties,
@@ -499,15 +530,22 @@ class HflCoordinator:
                 kind=kind,
                 round_=round_,
             )
+            aggregate = self.scheme.add([c.payload for c in contributions])
         except FedpropError as exc:
             raise JobFailedError(f"{step.value}: {exc}") from None
         return SignedSum(aggregate, tuple(contributions)).to_bytes()
 
     def accept_release(
-        self, replies: Mapping[str, Reply], kind: VectorKind, round_: int
+        self, replies: Mapping[str, Reply], kind: VectorKind, round_: int, releasers: Sequence[str]
     ) -> np.ndarray:
-        """The released sum, once every party released the same values and signed them."""
-        releases = [_expect(r, ReleaseReply) for r in self._ordered(Step.RELEASE, replies)]
+        """The released sum, once each of ``releasers`` released the same values and signed
+        them."""
+        if set(replies) != set(releasers):
+            raise JobFailedError(
+                f"release of {kind} round {round_}: expected releases from "
+                f"{', '.join(releasers)}, got {', '.join(sorted(replies)) or 'none'}"
+            )
+        releases = [_expect(replies[p], ReleaseReply) for p in releasers]
         keys = {node.name: node for node in self.manifest.nodes}
         first = releases[0].values
         for r in releases:
@@ -549,9 +587,12 @@ def run_hfl(
         0,
     )
 
-    def release(kind: VectorKind, round_: int, total: bytes) -> np.ndarray:
+    def release(
+        kind: VectorKind, round_: int, total: bytes, releasers: Sequence[str]
+    ) -> np.ndarray:
         request = ReleaseRequest(spec.text, c.keys, round_, kind.value, total)
-        return c.accept_release(transport.broadcast(Step.RELEASE, request), kind, round_)
+        replies = transport.broadcast(Step.RELEASE, request, to=releasers)
+        return c.accept_release(replies, kind, round_, releasers)
 
     model: bytes | None = None
     records: list[RoundRecord] = []
@@ -566,7 +607,7 @@ def run_hfl(
         histograms = c.collect(
             Step.EVALUATE, transport.broadcast(Step.EVALUATE, evaluate), VectorKind.HISTOGRAM, rnd
         )
-        summed = release(VectorKind.HISTOGRAM, rnd, histograms)
+        summed = release(VectorKind.HISTOGRAM, rnd, histograms, [metrics_releaser(spec, rnd)])
         metrics = global_metrics(ScoreHistogram.from_vector(summed, spec.evaluate.histogram_bins))
         sent = {p: c.received[p] - before[p] for p in spec.parties}
         record = RoundRecord(rnd, metrics, time.perf_counter() - t0, sent)
@@ -575,7 +616,7 @@ def run_hfl(
             progress(record)
     assert model is not None  # rounds >= 1 is enforced by the spec
     weights = (
-        decode_average(release(VectorKind.UPDATE, spec.train.rounds, model))
+        decode_average(release(VectorKind.UPDATE, spec.train.rounds, model, spec.parties))
         if spec.release_model
         else None
     )

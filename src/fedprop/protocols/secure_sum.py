@@ -52,6 +52,7 @@ from fedprop.framing import join_frames, split_frames
 __all__ = [
     "FIXED_POINT_CLIP",
     "FIXED_POINT_FRAC_BITS",
+    "MAX_COUNT",
     "AggregateError",
     "Contribution",
     "PaillierScheme",
@@ -60,6 +61,7 @@ __all__ = [
     "SumScheme",
     "VectorKind",
     "check_aggregate",
+    "check_contributions",
     "release_digest",
     "sign_contribution",
 ]
@@ -71,6 +73,10 @@ FIXED_POINT_CLIP = float(2**40)
 #: Fractional bits of the fixed-point encoding: a summed value's error is at most
 #: parties * 2**-21, below 1e-6 for up to a few parties.
 FIXED_POINT_FRAC_BITS = 20
+#: Largest count one party may contribute in a count slot (rows in a histogram bin). Counts
+#: are packed as exact integers in 29-bit slots (4 parties), 70 per ciphertext at 2048 bits,
+#: against 31 values per ciphertext for fixed-point reals.
+MAX_COUNT = 2**24
 
 _CONTRIBUTION_CONTEXT = b"fedprop-contribution-v1"
 
@@ -145,9 +151,13 @@ def sign_contribution(
 
 
 class SumScheme(Protocol):
-    """Seal, add and open vectors for one job."""
+    """Seal, add and open vectors for one job.
 
-    def seal(self, vector: np.ndarray) -> bytes:
+    ``counts`` says how many leading values of a vector are counts: integers in
+    ``[0, MAX_COUNT]``, summed exactly. The rest are real numbers.
+    """
+
+    def seal(self, vector: np.ndarray, counts: int = 0) -> bytes:
         """A node's payload for ``vector``."""
         ...
 
@@ -155,20 +165,36 @@ class SumScheme(Protocol):
         """The payload of the sum (public information only)."""
         ...
 
-    def open(self, payload: bytes, length: int, summands: int) -> np.ndarray:
+    def open(self, payload: bytes, length: int, summands: int, counts: int = 0) -> np.ndarray:
         """The sum of ``summands`` vectors of ``length`` values."""
         ...
+
+
+def _checked_vector(vector: np.ndarray, counts: int) -> np.ndarray:
+    values = np.asarray(vector, dtype=np.float64)
+    if values.ndim != 1:
+        raise AggregateError(f"expected a 1-D vector, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise AggregateError("vector contains NaN or infinity")
+    if not 0 <= counts <= values.size:
+        raise AggregateError(f"{counts} counts declared in a vector of {values.size} values")
+    head = values[:counts]
+    if np.any(head != np.rint(head)) or np.any(head < 0) or np.any(head > MAX_COUNT):
+        raise AggregateError(f"counts must be whole numbers in [0, {MAX_COUNT}]")
+    if values.size and float(np.max(np.abs(values))) > FIXED_POINT_CLIP:
+        raise AggregateError(
+            f"a value of magnitude {float(np.max(np.abs(values))):.3g} exceeds the "
+            f"encodable range {FIXED_POINT_CLIP:.3g}"
+        )
+    return values
 
 
 class PlaintextScheme:
     """Vectors in the clear, as float64 bytes (the baseline)."""
 
-    def seal(self, vector: np.ndarray) -> bytes:
+    def seal(self, vector: np.ndarray, counts: int = 0) -> bytes:
         """The vector's bytes."""
-        values = np.asarray(vector, dtype="<f8")
-        if not np.all(np.isfinite(values)):
-            raise AggregateError("vector contains NaN or infinity")
-        return values.tobytes()
+        return _checked_vector(vector, counts).astype("<f8").tobytes()
 
     def add(self, payloads: Sequence[bytes]) -> bytes:
         """Element-wise sum."""
@@ -178,8 +204,8 @@ class PlaintextScheme:
         total: np.ndarray = np.sum(np.stack(vectors), axis=0)
         return total.astype("<f8").tobytes()
 
-    def open(self, payload: bytes, length: int, summands: int) -> np.ndarray:
-        """The vector; ``summands`` is not needed in the clear."""
+    def open(self, payload: bytes, length: int, summands: int, counts: int = 0) -> np.ndarray:
+        """The vector; ``summands`` and ``counts`` are not needed in the clear."""
         vector = self._vector(payload)
         if vector.size != length:
             raise AggregateError(f"sum has {vector.size} values, expected {length}")
@@ -193,30 +219,30 @@ class PlaintextScheme:
 
 
 class PaillierScheme:
-    """Packed Paillier: many fixed-point values per ciphertext.
+    """Packed Paillier: many fixed-point values, or exact counts, per ciphertext.
 
-    Nodes pass the private key (they encrypt with CRT and decrypt); the
-    coordinator passes only the public key and can only ``add``.
+    Nodes pass the private key (they decrypt); the coordinator passes only the
+    public key and can only ``add``. A vector's counts and its reals are packed
+    separately (counts first), each with its own :class:`PackingSpec`.
     """
 
     def __init__(self, key: PublicKey | PrivateKey, parties: int) -> None:
         self.key = key
         self.public = key.public if isinstance(key, PrivateKey) else key
-        self.packing = PackingSpec.for_job(
+        self.reals = PackingSpec.for_job(
             self.public.bits, parties, FIXED_POINT_CLIP, FIXED_POINT_FRAC_BITS
         )
+        self.counts = PackingSpec.for_job(self.public.bits, parties, MAX_COUNT, frac_bits=0)
 
-    def seal(self, vector: np.ndarray) -> bytes:
-        """Encrypt the packed vector (values beyond the clip are refused)."""
-        values = np.asarray(vector, dtype=np.float64)
-        if not np.all(np.isfinite(values)):
-            raise AggregateError("vector contains NaN or infinity")
-        if values.size and float(np.max(np.abs(values))) > FIXED_POINT_CLIP:
-            raise AggregateError(
-                f"a value of magnitude {float(np.max(np.abs(values))):.3g} exceeds the "
-                f"encodable range {FIXED_POINT_CLIP:.3g}"
-            )
-        return ciphertexts_to_bytes(self.public, encrypt_many(self.key, pack(self.packing, values)))
+    def ciphertexts_for(self, length: int, counts: int = 0) -> int:
+        """Ciphertexts in a payload of ``length`` values, the first ``counts`` of them counts."""
+        return self.counts.ciphertexts_for(counts) + self.reals.ciphertexts_for(length - counts)
+
+    def seal(self, vector: np.ndarray, counts: int = 0) -> bytes:
+        """Encrypt the packed vector (values beyond the clip, or bad counts, are refused)."""
+        values = _checked_vector(vector, counts)
+        plaintexts = pack(self.counts, values[:counts]) + pack(self.reals, values[counts:])
+        return ciphertexts_to_bytes(self.public, encrypt_many(self.key, plaintexts))
 
     def add(self, payloads: Sequence[bytes]) -> bytes:
         """Multiply ciphertexts: the encryption of the sum."""
@@ -226,22 +252,24 @@ class PaillierScheme:
             raise AggregateError(f"contribution refused: {exc}") from None
         return ciphertexts_to_bytes(self.public, add_ciphertexts(self.public, lists))
 
-    def open(self, payload: bytes, length: int, summands: int) -> np.ndarray:
+    def open(self, payload: bytes, length: int, summands: int, counts: int = 0) -> np.ndarray:
         """Decrypt and unpack a sum of ``summands`` vectors."""
         if not isinstance(self.key, PrivateKey):
             raise AggregateError("opening a sum needs the job's private key")
         ciphertexts = ciphertexts_from_bytes(self.public, payload)
-        if len(ciphertexts) != self.packing.ciphertexts_for(length):
+        expected = self.ciphertexts_for(length, counts)
+        if len(ciphertexts) != expected:
             raise AggregateError(
-                f"sum has {len(ciphertexts)} ciphertexts, {length} values need "
-                f"{self.packing.ciphertexts_for(length)}"
+                f"sum has {len(ciphertexts)} ciphertexts, {length} values need {expected}"
             )
-        return unpack_sum(self.packing, decrypt_many(self.key, ciphertexts), length, summands)
+        plaintexts = decrypt_many(self.key, ciphertexts)
+        split = self.counts.ciphertexts_for(counts)
+        head = unpack_sum(self.counts, plaintexts[:split], counts, summands)
+        tail = unpack_sum(self.reals, plaintexts[split:], length - counts, summands)
+        return np.concatenate([head, tail])
 
 
-def check_aggregate(
-    scheme: SumScheme,
-    aggregate: bytes,
+def check_contributions(
     contributions: Sequence[Contribution],
     *,
     manifest: Manifest,
@@ -249,11 +277,9 @@ def check_aggregate(
     job_id: str,
     kind: VectorKind,
     round_: int,
-) -> None:
-    """Refuse ``aggregate`` unless it is the sum of one valid contribution per party.
-
-    Run by every node before it opens a sum.
-    """
+) -> list[Contribution]:
+    """Refuse ``contributions`` unless they are one validly signed contribution per party,
+    for this job, kind and round; return them in ``parties`` order."""
     by_party: Mapping[str, Contribution] = {c.party: c for c in contributions}
     if len(by_party) != len(contributions):
         raise AggregateError(f"{kind} round {round_}: a party contributed twice")
@@ -275,8 +301,28 @@ def check_aggregate(
             raise AggregateError(
                 f"{kind} round {round_}: contribution of '{party}' has a bad signature"
             ) from None
-    recomputed = scheme.add([by_party[p].payload for p in parties])
-    if recomputed != aggregate:
+    return [by_party[p] for p in parties]
+
+
+def check_aggregate(
+    scheme: SumScheme,
+    aggregate: bytes,
+    contributions: Sequence[Contribution],
+    *,
+    manifest: Manifest,
+    parties: Sequence[str],
+    job_id: str,
+    kind: VectorKind,
+    round_: int,
+) -> None:
+    """Refuse ``aggregate`` unless it is the sum of one valid contribution per party.
+
+    Run by every node before it opens a sum.
+    """
+    ordered = check_contributions(
+        contributions, manifest=manifest, parties=parties, job_id=job_id, kind=kind, round_=round_
+    )
+    if scheme.add([c.payload for c in ordered]) != aggregate:
         raise AggregateError(
             f"{kind} round {round_}: the aggregate is not the sum of the parties' contributions"
         )
