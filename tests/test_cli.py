@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fedprop.cli import main
+from fedprop.crypto.identity import Manifest, NodePublicKeys, load_identity
 from synthetic import write_bank_full
 
 SPEC = Path(__file__).resolve().parents[1] / "configs" / "bank-marketing-hfl.toml"
@@ -75,3 +78,80 @@ def test_a_bad_spec_is_one_clear_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "rounds: must be positive" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+# --- node identities and the federation manifest ---------------------------------------------
+
+
+def test_node_keygen_writes_owner_only_keys_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    folder = tmp_path / "keys" / "bank-a"
+    done = fedprop("node", "keygen", "--name", "bank-a", "--out", str(folder), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for name in ("signing.pem", "sealing.pem", "public.json"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+    public = NodePublicKeys.from_json((folder / "public.json").read_text())
+    assert public.name == "bank-a"
+    assert public.fingerprint() in done.stdout
+    before = (folder / "signing.pem").read_bytes()
+    again = fedprop("node", "keygen", "--name", "bank-a", "--out", str(folder), cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"fedprop: error: {folder}: holds an identity; refusing to overwrite it"
+    ]
+    assert (folder / "signing.pem").read_bytes() == before
+
+
+def _keygen(tmp_path: Path, *names: str) -> list[Path]:
+    paths = []
+    for name in names:
+        assert main(["node", "keygen", "--name", name, "--out", str(tmp_path / name)]) == 0
+        paths.append(tmp_path / name / "public.json")
+    return paths
+
+
+def test_federation_manifest_lists_every_node_and_a_node_can_pin_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publics = _keygen(tmp_path, "bank-a", "bank-b", "bank-c", "coordinator")
+    out = tmp_path / "manifest.json"
+    args = ["federation", "manifest", "--name", "pilot", "--out", str(out)]
+    code = main([*args, *map(str, publics[:3]), "--coordinator", str(publics[3])])
+    assert code == 0
+    manifest = Manifest.from_json(out.read_text())
+    assert [n.name for n in manifest.nodes] == ["bank-a", "bank-b", "bank-c"]
+    assert manifest.coordinator is not None and manifest.coordinator.name == "coordinator"
+    assert manifest.fingerprint() in capsys.readouterr().out
+    identity = load_identity(tmp_path / "bank-b")
+    assert manifest.node("bank-b") == identity.public
+    # An existing manifest is not replaced unless asked.
+    assert main([*args, *map(str, publics[:3])]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert Manifest.from_json(out.read_text()) == manifest
+    assert main([*args, "--overwrite", *map(str, publics[:2])]) == 0
+    assert len(Manifest.from_json(out.read_text()).nodes) == 2
+
+
+def test_federation_manifest_refuses_copied_or_tampered_public_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = _keygen(tmp_path, "bank-a", "bank-b")
+    out = tmp_path / "manifest.json"
+    args = ["federation", "manifest", "--name", "pilot", "--out", str(out)]
+    # The same keys under another name: one party could speak for another.
+    copied = json.loads(a.read_text())
+    copied["name"] = "bank-z"
+    del copied["fingerprint"]
+    (tmp_path / "copied.json").write_text(json.dumps(copied))
+    assert main([*args, str(a), str(tmp_path / "copied.json")]) == 2
+    assert "share a public key" in capsys.readouterr().err
+    # A key edited after the fingerprint was taken.
+    tampered = json.loads(b.read_text())
+    tampered["signing"] = json.loads(a.read_text())["signing"]
+    (tmp_path / "tampered.json").write_text(json.dumps(tampered))
+    assert main([*args, str(a), str(tmp_path / "tampered.json")]) == 2
+    err = capsys.readouterr().err
+    assert "tampered.json" in err and "fingerprint of 'bank-b' does not match" in err
+    assert main([*args, str(a), str(tmp_path / "absent.json")]) == 2
+    assert "absent.json: cannot read" in capsys.readouterr().err
+    assert not out.exists()

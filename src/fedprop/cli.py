@@ -55,6 +55,46 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(c["passed"] for c in results["checks"]) else 1
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from fedprop.crypto.identity import PUBLIC_FILE, generate_identity, save_identity
+
+    identity = generate_identity(args.name)
+    save_identity(identity, args.out)
+    print(f"{args.name}: identity keys written to {args.out} (owner-only permissions)")
+    print(f"send {args.out / PUBLIC_FILE} to whoever assembles the federation manifest")
+    print(f"fingerprint (compare it out of band): {identity.public.fingerprint()}")
+    return 0
+
+
+def _cmd_manifest(args: argparse.Namespace) -> int:
+    from fedprop.crypto.identity import Manifest, NodePublicKeys
+
+    def read(path: Path) -> NodePublicKeys:
+        try:
+            return NodePublicKeys.from_json(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise FedpropError(f"{path}: cannot read: {exc.strerror}") from None
+        except FedpropError as exc:
+            raise FedpropError(f"{path}: {exc}") from None
+
+    nodes = tuple(read(p) for p in args.public)
+    coordinator = read(args.coordinator) if args.coordinator else None
+    manifest = Manifest(federation=args.name, nodes=nodes, coordinator=coordinator)
+    if args.out.exists() and not args.overwrite:
+        raise FedpropError(f"{args.out} exists; pass --overwrite to replace it")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    staging = args.out.with_name(f".{args.out.name}.tmp")
+    staging.write_text(manifest.to_json(), encoding="utf-8")
+    staging.replace(args.out)
+    for node in nodes:
+        print(f"node {node.name}: {node.fingerprint()}")
+    if coordinator is not None:
+        print(f"coordinator {coordinator.name}: {coordinator.fingerprint()}")
+    print(f"manifest of '{args.name}' written to {args.out}")
+    print(f"manifest fingerprint (every node compares it before pinning): {manifest.fingerprint()}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedprop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +120,27 @@ def _parser() -> argparse.ArgumentParser:
         "--aggregation", choices=("paillier", "plaintext"), help="override the spec's mode"
     )
     demo.set_defaults(func=_cmd_demo)
+
+    node = sub.add_parser("node", help="a partner institution's node").add_subparsers(
+        dest="node_command", required=True
+    )
+    keygen = node.add_parser("keygen", help="generate this node's identity keys")
+    keygen.add_argument("--name", required=True, help="this node's party name, e.g. bank-a")
+    keygen.add_argument("--out", type=Path, required=True, help="new key folder")
+    keygen.set_defaults(func=_cmd_keygen)
+
+    federation = sub.add_parser("federation", help="the federation's membership").add_subparsers(
+        dest="federation_command", required=True
+    )
+    manifest = federation.add_parser(
+        "manifest", help="assemble the manifest from the nodes' public.json files"
+    )
+    manifest.add_argument("public", type=Path, nargs="+", help="each node's public.json")
+    manifest.add_argument("--name", required=True, help="federation name")
+    manifest.add_argument("--coordinator", type=Path, help="the coordinator's public.json")
+    manifest.add_argument("--out", type=Path, required=True, help="manifest file to write")
+    manifest.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    manifest.set_defaults(func=_cmd_manifest)
     return parser
 
 
