@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 
 from fedprop.apps.client_app import NodeConfig
+from fedprop.crypto.packing import unpack_sum
+from fedprop.crypto.paillier import ciphertexts_from_bytes
 from fedprop.data.encoding import local_stats
 from fedprop.data.loader import load_party
 from fedprop.errors import FedpropError, JobFailedError
@@ -24,6 +26,7 @@ from fedprop.protocols.hfl import (
     HflNode,
     InProcessTransport,
     ReleaseRefused,
+    ReleaseReply,
     ReleaseRequest,
     Reply,
     Request,
@@ -37,6 +40,7 @@ from fedprop.protocols.secure_sum import (
     AggregateError,
     Contribution,
     PaillierScheme,
+    PlaintextScheme,
     SignedSum,
     VectorKind,
 )
@@ -197,6 +201,83 @@ def test_the_same_attack_reads_everything_in_plaintext_mode(
     for party, node in nodes.items():
         own = local_stats(node.data.train, s.schema)
         assert any(own.astype("<f8").tobytes()[:16] in blob for blob in held), party
+
+
+def _single_party_vectors_decodable(
+    spec: JobSpec, node_configs: dict[str, NodeConfig], mode: str, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """Run a job, then attack: which single-party vectors can be read from what the
+    coordinator held? Returns a description of each one found."""
+    s = job(spec, mode, rounds=2)
+    sealed: list[tuple[str, np.ndarray]] = []
+    for scheme in (PaillierScheme, PlaintextScheme):
+        original = scheme.seal
+
+        def recording(self: object, vector: np.ndarray, counts: int = 0, _f=original) -> bytes:  # type: ignore[no-untyped-def]
+            sealed.append((type(self).__name__, np.array(vector, dtype=np.float64)))
+            return _f(self, vector, counts)
+
+        monkeypatch.setattr(scheme, "seal", recording)
+    nodes = nodes_for(s, node_configs)
+    transport = RecordingTransport(nodes)
+    result = run_hfl(s, transport, node_configs["bank-a"].settings().manifest)
+    held = _coordinator_bytes(transport)
+    released = [
+        r.values for _, _, replies in transport.log for r in replies.values()
+        if isinstance(r, ReleaseReply)
+    ]  # fmt: skip
+    keys = next(req.keys for step, req, _ in transport.log if step is Step.STATS)  # type: ignore[union-attr]
+    as_coordinator = (
+        PaillierScheme(KeyBundle.from_bytes(keys).public(s, nodes["bank-a"].settings.manifest), 4)
+        if mode == "paillier"
+        else None
+    )
+    payloads = [
+        r.payload for _, _, replies in transport.log for r in replies.values()
+        if isinstance(r, ContributionReply)
+    ]  # fmt: skip
+    found = []
+    assert len(sealed) == 4 * (1 + 2 * 2)  # stats, then an update and histograms per round
+    for i, (_, vector) in enumerate(sealed):
+        # 1. Its bytes, as float64 or float32, anywhere in a message.
+        for dtype in ("<f8", "<f4"):
+            needle = vector[:4].astype(dtype).tobytes()
+            if any(needle in blob for blob in held):
+                found.append(f"vector {i} as {dtype} bytes")
+        # 2. A release or the result that equals it.
+        if any(v.shape == vector.shape and np.allclose(v, vector) for v in released):
+            found.append(f"vector {i} released")
+        own = vector[:-1] / vector[-1] if vector[-1] else vector  # a party's own weights
+        weights = result.weights
+        if weights is not None and own.size == weights.size and np.allclose(weights, own):
+            found.append(f"vector {i} in the result")
+        # 3. A contribution read as packed plaintexts with the public packing spec.
+        if as_coordinator is not None:
+            for payload in payloads:
+                integers = ciphertexts_from_bytes(as_coordinator.public, payload)
+                for spec_ in (as_coordinator.counts, as_coordinator.reals):
+                    try:
+                        n = min(vector.size, len(integers) * spec_.slots_per_plaintext)
+                        k = spec_.ciphertexts_for(n)
+                        guess = unpack_sum(spec_, integers[:k], n, 1)
+                    except FedpropError:
+                        continue
+                    if np.allclose(guess, vector[:n], atol=1e-3):
+                        found.append(f"vector {i} unpacked from a ciphertext")
+    return found
+
+
+def test_nothing_the_coordinator_held_reveals_one_partys_vector(
+    spec: JobSpec, node_configs: dict[str, NodeConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _single_party_vectors_decodable(spec, node_configs, "paillier", monkeypatch) == []
+
+
+def test_the_same_attack_finds_every_vector_in_plaintext_mode(
+    spec: JobSpec, node_configs: dict[str, NodeConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = _single_party_vectors_decodable(spec, node_configs, "plaintext", monkeypatch)
+    assert {f"vector {i} as <f8 bytes" for i in range(20)} <= set(found)
 
 
 def _first_histograms(transport: RecordingTransport) -> tuple[Mapping[str, Reply], bytes]:
