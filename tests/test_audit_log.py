@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import multiprocessing
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedprop.audit.checkpoint import CheckpointError, CheckpointProblem, verify_note
+from fedprop.audit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointProblem,
+    sign_note,
+    verify_note,
+)
 from fedprop.audit.log import (
     GENESIS,
     MAX_DETAIL_STRING,
@@ -213,11 +220,6 @@ def test_close_signs_a_last_checkpoint(tmp_path: Path, key: Ed25519PrivateKey) -
     assert report.ok and not report.findings and report.checkpointed == 6
 
 
-def test_a_second_writer_is_refused(log: AuditLog, key: Ed25519PrivateKey) -> None:
-    with pytest.raises(AuditLogError, match="open in another process"):
-        AuditLog.open(log.path, "bank-a", key, ORIGIN)
-
-
 def test_reopening_replays_the_log(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     path = tmp_path / "bank-a.log"
     with AuditLog.open(path, "bank-a", key, ORIGIN) as log:
@@ -382,3 +384,235 @@ def test_a_witness_refuses_bad_notes_and_its_own(
     with pytest.raises(AuditLogError, match="its own"):
         log.witness(log.checkpoint(), "bank-a", key.public_key())
     assert log.size == 0
+
+
+# --- several writers ----------------------------------------------------------------------
+
+
+def _entries(path: Path) -> list[Entry]:
+    return [Entry.from_bytes(line) for line in path.read_bytes().splitlines()]
+
+
+def _checkpoint_sizes(path: Path, key: Ed25519PrivateKey) -> list[int]:
+    notes = read_checkpoints(checkpoints_path_for(path)).notes
+    return [verify_note(n, {"bank-a": key.public_key()}).size for n in notes]
+
+
+def test_two_open_logs_on_one_file_write_one_chain(
+    tmp_path: Path, key: Ed25519PrivateKey, coordinator: tuple[AuditLog, Ed25519PrivateKey]
+) -> None:
+    clog, ckey = coordinator
+    path = tmp_path / "bank-a.log"
+    first = AuditLog.open(path, "bank-a", key, ORIGIN)
+    second = AuditLog.open(path, "bank-a", key, ORIGIN)  # no longer refused
+    a = first.append(EventKind.ERROR, detail=error_detail("first", "0"))
+    b = second.append(EventKind.ERROR, detail=error_detail("second", "0"))
+    assert (a.seq, b.seq) == (0, 1)  # the second caught up with the first's entry
+    assert b.prev == leaf_hash(a.to_bytes()).hex()
+    note = clog.checkpoint()
+    first.witness(note, "coordinator", ckey.public_key(), job=JOB)
+    second.witness(note, "coordinator", ckey.public_key(), job=JOB)  # already witnessed
+    with second.batch():
+        second.append(EventKind.ERROR, detail=error_detail("second", "1"))
+        first.append(EventKind.ERROR, detail=error_detail("first", "1"))
+        second.append(EventKind.ERROR, detail=error_detail("second", "2"))
+    first.checkpoint()
+    second.checkpoint()  # the same size and root again: still a valid checkpoint
+    second.append(EventKind.ERROR, detail=error_detail("second", "3"))
+    second.checkpoint()
+    first.append(EventKind.ERROR, detail=error_detail("first", "2"))
+    assert first.size == 8 and second.size == 7  # the second has not seen the last entry
+    second.close()  # catches up and signs the whole log
+    first.close()  # nothing left to sign
+    entries = _entries(path)
+    assert [e.seq for e in entries] == list(range(8))
+    assert [(e.detail.get("rule"), e.detail.get("message")) for e in entries] == [
+        ("first", "0"),
+        ("second", "0"),
+        (None, None),
+        ("second", "1"),
+        ("first", "1"),
+        ("second", "2"),
+        ("second", "3"),
+        ("first", "2"),
+    ]
+    assert sum(e.kind is EventKind.CHECKPOINT_WITNESSED for e in entries) == 1
+    assert _checkpoint_sizes(path, key) == [6, 6, 7, 8]
+    report = _verify(path, key)
+    assert report.ok and not report.findings and report.checkpointed == 8
+
+
+def test_an_open_log_catches_up_with_witnessed_checkpoints(
+    tmp_path: Path, key: Ed25519PrivateKey, coordinator: tuple[AuditLog, Ed25519PrivateKey]
+) -> None:
+    clog, ckey = coordinator
+    path = tmp_path / "bank-a.log"
+    with (
+        AuditLog.open(path, "bank-a", key, ORIGIN) as first,
+        AuditLog.open(path, "bank-a", key, ORIGIN) as second,
+    ):
+        first.witness(clog.checkpoint(), "coordinator", ckey.public_key())
+        with AuditLog.open(
+            tmp_path / "fork.log", "coordinator", ckey, "audit.example/coordinator"
+        ) as fork:
+            fork.append(EventKind.JOB_ACCEPTED, job=JOB, detail=decision_detail("other"))
+            forked = fork.checkpoint()
+        with pytest.raises(CheckpointError) as exc:
+            second.witness(forked, "coordinator", ckey.public_key())
+        assert exc.value.problem is CheckpointProblem.SPLIT_VIEW
+    assert [e.kind for e in _entries(path)] == [EventKind.CHECKPOINT_WITNESSED, EventKind.ERROR]
+    assert _verify(path, key).ok
+
+
+WORKERS = 4
+PER_WORKER = 200
+CHECKPOINT_EVERY = 50
+
+
+def append_from_process(path: str, raw_key: bytes, worker: int, start: Any) -> None:
+    """Open the log in this process and append ``PER_WORKER`` entries (spawned by a test)."""
+    key = Ed25519PrivateKey.from_private_bytes(raw_key)
+    with AuditLog.open(path, "bank-a", key, ORIGIN) as log:
+        start.wait(60)  # all open before any appends, so the appends interleave
+        for i in range(PER_WORKER):
+            if worker == 0 and i % 10 == 0:  # one writer appends in batches of ten
+                with log.batch():
+                    for j in range(i, i + 10):
+                        log.append(EventKind.ERROR, detail=error_detail(f"w{worker}", str(j)))
+            elif worker != 0:
+                log.append(EventKind.ERROR, detail=error_detail(f"w{worker}", str(i)))
+            if (i + 1) % CHECKPOINT_EVERY == 0:
+                log.checkpoint()
+
+
+def test_processes_appending_to_one_log_keep_it_one_valid_chain(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    path = tmp_path / "bank-a.log"
+    raw_key = key.private_bytes_raw()
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(WORKERS)
+    processes = [
+        context.Process(target=append_from_process, args=(str(path), raw_key, w, start))
+        for w in range(WORKERS)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join()
+    assert [p.exitcode for p in processes] == [0] * WORKERS
+    entries = _entries(path)
+    assert [e.seq for e in entries] == list(range(WORKERS * PER_WORKER))
+    for worker in range(WORKERS):
+        mine = [e.detail["message"] for e in entries if e.detail["rule"] == f"w{worker}"]
+        assert mine == [str(i) for i in range(PER_WORKER)]  # each once, in its own order
+    sizes = _checkpoint_sizes(path, key)
+    assert sizes == sorted(sizes) and sizes[-1] == len(entries)
+    assert len(sizes) >= WORKERS * PER_WORKER // CHECKPOINT_EVERY
+    report = _verify(path, key)
+    assert report.ok and not report.findings and report.checkpointed == len(entries)
+
+
+def test_a_crashed_writers_partial_line_is_cut_off_by_the_next_append(
+    log: AuditLog, key: Ed25519PrivateKey
+) -> None:
+    _fill(log)
+    complete = log.path.read_bytes()
+    remnant = b'{"detail":{"rule":"never-fin'
+    with log.path.open("ab") as f:  # another process died in the middle of its write
+        f.write(remnant)
+    entry = log.append(EventKind.ERROR, detail=error_detail("after-the-crash"))
+    [tail] = log.torn_tails
+    assert (tail.path, tail.offset, tail.length) == (log.path, len(complete), len(remnant))
+    assert tail.sha256 == hashlib.sha256(remnant).hexdigest()
+    assert entry.seq == 6 and log.size == 7
+    entries = _entries(log.path)
+    assert log.path.read_bytes().startswith(complete) and remnant not in log.path.read_bytes()
+    recovery = entries[5]
+    assert recovery.kind is EventKind.ERROR and recovery.detail["rule"] == "torn-tail-truncated"
+    assert (recovery.detail["offset"], recovery.detail["bytes"]) == (len(complete), len(remnant))
+    log.close()
+    report = _verify(log.path, key)
+    assert report.ok and not report.findings
+
+
+def test_a_crashed_writers_partial_checkpoint_is_cut_off_by_the_next_checkpoint(
+    log: AuditLog, key: Ed25519PrivateKey
+) -> None:
+    _fill(log)
+    log.checkpoint()
+    notes_path = checkpoints_path_for(log.path)
+    with notes_path.open("ab") as f:
+        f.write(b"audit.example/bank-a\n5\n")
+    log.checkpoint()
+    [tail] = log.torn_tails
+    assert tail.path == notes_path
+    assert _entries(log.path)[-1].detail["rule"] == "torn-tail-truncated"
+    assert read_checkpoints(notes_path).torn_tail is None
+    assert _checkpoint_sizes(log.path, key) == [5, 6]
+    log.close()
+    report = _verify(log.path, key)
+    assert report.ok and not report.findings
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (lambda b: b + b'{"seq":5}\n', r"line 6 \(seq 5\) is not a valid entry"),
+        (lambda b: b + b.splitlines(keepends=True)[-1], r"line 6 \(seq 5\) carries seq 4"),
+        (
+            lambda b: b + b.splitlines(keepends=True)[-1].replace(b'"seq":4', b'"seq":5'),
+            r"line 6 \(seq 5\) does not chain",
+        ),
+        (lambda b: b[: b.rindex(b"\n", 0, -1) + 1], "entries were removed"),
+    ],
+)
+def test_tampering_behind_an_open_log_stops_its_writes(
+    log: AuditLog, tamper: Any, reason: str
+) -> None:
+    _fill(log)
+    log.checkpoint()
+    log.path.write_bytes(tamper(log.path.read_bytes()))
+    before = (log.path.read_bytes(), log.checkpoints_path.read_bytes())
+    with pytest.raises(AuditLogError, match=reason):
+        log.append(EventKind.ERROR, detail=error_detail("after"))
+    with pytest.raises(AuditLogError, match=r"altered|removed"):
+        log.checkpoint()
+    log.close()  # closes without signing
+    assert (log.path.read_bytes(), log.checkpoints_path.read_bytes()) == before
+
+
+def test_a_forged_checkpoint_behind_an_open_log_stops_its_checkpoints(log: AuditLog) -> None:
+    _fill(log)
+    forged = sign_note(
+        Checkpoint(ORIGIN, log.size, log.root).format_body(),
+        "bank-a",
+        Ed25519PrivateKey.generate(),
+    )
+    with log.checkpoints_path.open("ab") as f:
+        f.write(forged.encode() + b"\n")
+    before = (log.path.read_bytes(), log.checkpoints_path.read_bytes())
+    with pytest.raises(AuditLogError, match="checkpoint #0"):
+        log.checkpoint()
+    with pytest.raises(AuditLogError, match="checkpoint #0"):
+        log.append(EventKind.ERROR, detail=error_detail("after"))
+    log.close()
+    assert (log.path.read_bytes(), log.checkpoints_path.read_bytes()) == before
+
+
+def test_a_forked_child_must_open_the_log_itself(log: AuditLog) -> None:
+    log.append(EventKind.ERROR, detail=error_detail("parent"))
+    pid = os.fork()
+    if pid == 0:  # the child shares the parent's lock: it must not write with this object
+        try:
+            log.append(EventKind.ERROR, detail=error_detail("child"))
+        except AuditLogError:
+            os._exit(0)
+        os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert log.append(EventKind.ERROR, detail=error_detail("parent")).seq == 1

@@ -16,6 +16,7 @@ from fedprop.crypto.identity import Manifest, NodePublicKeys, load_identity
 from synthetic import write_bank_full
 
 SPEC = Path(__file__).resolve().parents[1] / "configs" / "bank-marketing-hfl.toml"
+BANKS = ("bank-a", "bank-b", "bank-c", "bank-d")
 
 
 def fedprop(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -60,6 +61,32 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     )  # fmt: skip
     assert again.returncode in (0, 1), again.stderr
     assert "already split" in again.stdout
+    assert results["audit"]["errors"] == [] and results["audit"]["entries"] > 0
+
+    # An auditor checks every party's privacy log offline, then finds one altered byte.
+    federation = tmp_path / "federation"
+    logs = [str(federation / "audit" / f"{p}.log") for p in (*BANKS, "coordinator")]
+    manifest = str(federation / "manifest.json")
+    verified = fedprop("audit", "verify", *logs, "--manifest", manifest, cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.startswith("audit OK: 5 logs, 0 errors")
+    report = fedprop(
+        "audit", "report", *logs, "--manifest", manifest, "--out", str(tmp_path / "audit"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    assert "bank-c" in (tmp_path / "audit" / "audit-report.html").read_text()
+    log = federation / "audit" / "bank-c.log"
+    lines = log.read_bytes().splitlines(keepends=True)
+    seq = next(i for i, line in enumerate(lines) if b'"sha256":"' in line and i >= 5)
+    line = lines[seq]
+    at = line.index(b'"sha256":"') + 10
+    lines[seq] = line[:at] + (b"0" if line[at : at + 1] != b"0" else b"1") + line[at + 1 :]
+    log.write_bytes(b"".join(lines))
+    tampered = fedprop("audit", "verify", *logs, "--manifest", manifest, cwd=tmp_path)
+    assert tampered.returncode == 1
+    assert tampered.stdout.startswith("audit FAILED")
+    assert f"error: bank-c seq {seq}:" in tampered.stdout
 
 
 def test_a_missing_source_is_one_clear_line(tmp_path: Path) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from fedprop.apps.audit import log_path, verify_logs
 from fedprop.apps.client_app import NodeConfig
 from fedprop.apps.simulation import simulate
 from fedprop.crypto.identity import Manifest
@@ -29,11 +32,20 @@ def manifest(federation: LocalFederation) -> Manifest:
 
 
 def test_flower_run_meets_the_quality_bar_and_equals_the_protocol_model(
-    spec: JobSpec, node_configs: dict[str, NodeConfig], manifest: Manifest
+    spec: JobSpec,
+    node_configs: dict[str, NodeConfig],
+    manifest: Manifest,
+    federation: LocalFederation,
 ) -> None:
     plain = spec.with_overrides({"job": {"aggregation": "plaintext"}})
     rounds_seen: list[int] = []
-    flower = simulate(plain, node_configs, manifest, progress=lambda r: rounds_seen.append(r.round))
+    flower = simulate(
+        plain,
+        node_configs,
+        manifest,
+        federation.coordinator(),
+        progress=lambda r: rounds_seen.append(r.round),
+    )
 
     nodes = {
         p: HflNode(plain, load_party(c.data_dir, plain.schema), c.settings())
@@ -56,12 +68,19 @@ def test_flower_run_meets_the_quality_bar_and_equals_the_protocol_model(
 
 
 def test_flower_paillier_run_gives_the_plaintext_model(
-    spec: JobSpec, node_configs: dict[str, NodeConfig], manifest: Manifest
+    spec: JobSpec,
+    node_configs: dict[str, NodeConfig],
+    manifest: Manifest,
+    federation: LocalFederation,
 ) -> None:
     short = {"train": {"rounds": 2}, "evaluate": {"histogram-bins": 200}}
-    secure = simulate(spec.with_overrides(short), node_configs, manifest)
+    coordinator = federation.coordinator()
+    secure = simulate(spec.with_overrides(short), node_configs, manifest, coordinator)
     plain = simulate(
-        spec.with_overrides({**short, "job": {"aggregation": "plaintext"}}), node_configs, manifest
+        spec.with_overrides({**short, "job": {"aggregation": "plaintext"}}),
+        node_configs,
+        manifest,
+        coordinator,
     )
     assert secure.weights is not None and plain.weights is not None
     np.testing.assert_allclose(secure.weights, plain.weights, atol=1e-5)
@@ -71,7 +90,11 @@ def test_flower_paillier_run_gives_the_plaintext_model(
 
 
 def test_a_node_with_bad_data_fails_the_job_naming_party_and_file(
-    spec: JobSpec, node_configs: dict[str, NodeConfig], manifest: Manifest, tmp_path: Path
+    spec: JobSpec,
+    node_configs: dict[str, NodeConfig],
+    manifest: Manifest,
+    federation: LocalFederation,
+    tmp_path: Path,
 ) -> None:
     configs = {}
     for party, cfg in node_configs.items():
@@ -85,7 +108,57 @@ def test_a_node_with_bad_data_fails_the_job_naming_party_and_file(
     train.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
 
     with pytest.raises(JobFailedError) as info:
-        simulate(spec.with_overrides({"train": {"rounds": 1}}), configs, manifest)
+        simulate(
+            spec.with_overrides({"train": {"rounds": 1}}),
+            configs,
+            manifest,
+            federation.coordinator(),
+        )
     message = str(info.value)
     assert "bank-b" in message
     assert "train.csv" in message and "month" in message and "smarch" in message
+    # The refusal is on bank-b's privacy log, with the reason it gave.
+    refusals = [
+        e
+        for e in _entries(federation, "bank-b")
+        if e["kind"] == "job-refused" and "smarch" in e["detail"]["rule"]
+    ]
+    assert refusals, "bank-b's log does not record the refusal"
+
+
+def _entries(federation: LocalFederation, party: str) -> list[dict[str, Any]]:
+    path = log_path(federation.audit_dir, party)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_party_logged_every_message_and_the_logs_verify(
+    spec: JobSpec,
+    node_configs: dict[str, NodeConfig],
+    manifest: Manifest,
+    federation: LocalFederation,
+) -> None:
+    job = spec.with_overrides(
+        {"job": {"id": "audited-job"}, "train": {"rounds": 2}, "evaluate": {"histogram-bins": 50}}
+    )
+    simulate(job, node_configs, manifest, federation.coordinator())
+    names = [*job.parties, "coordinator"]
+    verdict = verify_logs(manifest, [log_path(federation.audit_dir, n) for n in names])
+    assert verdict.ok, verdict.summary()
+    coordinator = [e for e in _entries(federation, "coordinator") if e["job"] == "audited-job"]
+    sent = [e for e in coordinator if e["kind"] == "message-sent"]
+    received = [e for e in coordinator if e["kind"] == "message-received"]
+    # keys, stats, then train, evaluate and one release per round, and the model release.
+    steps = 4 + 4 + 2 * (4 + 4 + 1) + 4
+    assert len(sent) == len(received) == steps
+    witnessed = {e["detail"]["signer"] for e in coordinator if e["kind"] == "checkpoint-witnessed"}
+    assert witnessed == set(job.parties)
+    for party in job.parties:
+        own = [e for e in _entries(federation, party) if e["job"] == "audited-job"]
+        kinds = [e["kind"] for e in own]
+        assert kinds.count("message-received") == kinds.count("message-sent")
+        assert "job-accepted" in kinds and "checkpoint-witnessed" in kinds
+        assert kinds.index("job-accepted") < kinds.index("release")
+        # The log holds digests and sizes of messages, never their content.
+        assert all("payload" not in e["detail"] for e in own)
+    holder = [e["kind"] for e in _entries(federation, job.key_holder)]
+    assert "key-ceremony" in holder

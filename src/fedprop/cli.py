@@ -10,8 +10,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedprop.errors import FedpropError
+
+if TYPE_CHECKING:
+    from fedprop.audit import AuditResult
 
 __all__ = ["main"]
 
@@ -95,6 +99,33 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verified(args: argparse.Namespace) -> AuditResult:
+    from fedprop.apps.audit import verify_logs
+    from fedprop.crypto.identity import Manifest
+
+    try:
+        manifest = Manifest.from_json(args.manifest.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FedpropError(f"{args.manifest}: cannot read the manifest: {exc.strerror}") from None
+    return verify_logs(manifest, args.logs)
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    result = _verified(args)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def _cmd_audit_report(args: argparse.Namespace) -> int:
+    from fedprop.audit import write_report
+
+    result = _verified(args)
+    json_path, html_path = write_report(result, args.out)
+    print(result.summary().splitlines()[0])
+    print(f"Report: {html_path}\nJSON:   {json_path}")
+    return 0 if result.ok else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedprop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +172,21 @@ def _parser() -> argparse.ArgumentParser:
     manifest.add_argument("--out", type=Path, required=True, help="manifest file to write")
     manifest.add_argument("--overwrite", action="store_true", help="replace an existing file")
     manifest.set_defaults(func=_cmd_manifest)
+
+    audit = sub.add_parser("audit", help="verify parties' privacy logs, offline").add_subparsers(
+        dest="audit_command", required=True
+    )
+    for name, func, text in (
+        ("verify", _cmd_audit_verify, "check every log and the logs against each other"),
+        ("report", _cmd_audit_report, "write the auditor's report (HTML and JSON)"),
+    ):
+        command = audit.add_parser(name, help=text, description=f"{text}; exit code 0 only "
+                                   "when every log verifies")  # fmt: skip
+        command.add_argument("logs", type=Path, nargs="+", help="each party's <party>.log")
+        command.add_argument("--manifest", type=Path, required=True, help="federation manifest")
+        if name == "report":
+            command.add_argument("--out", type=Path, default=Path("runs/audit"), help="folder")
+        command.set_defaults(func=func)
     return parser
 
 

@@ -26,12 +26,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedprop.apps.audit import log_path, verify_logs
 from fedprop.apps.simulation import simulate
 from fedprop.data.encoding import local_stats
 from fedprop.data.loader import PartyData, load_party
 from fedprop.data.split import split_bank_marketing
 from fedprop.errors import FedpropError
-from fedprop.federation import local_federation
+from fedprop.federation import COORDINATOR_NAME, LocalFederation, local_federation
 from fedprop.models.baselines import TrainedModel, federated_model, train_on
 from fedprop.models.metrics import GlobalMetrics, ScoreHistogram, gains_points, roc_points
 from fedprop.protocols.hfl import HflResult, RoundRecord
@@ -77,7 +78,7 @@ def _ensure_split(cfg: DemoConfig, spec: JobSpec, console: Console) -> dict[str,
 
 def _run_federation(
     spec: JobSpec, cfg: DemoConfig, dirs: Mapping[str, Path], console: Console
-) -> HflResult:
+) -> tuple[HflResult, LocalFederation]:
     federation = local_federation(cfg.data_dir.parent / "federation", "demo", spec.parties)
     nodes = federation.node_configs(
         dirs,
@@ -101,7 +102,10 @@ def _run_federation(
                 status=f"AUC {record.metrics.auc:.4f}  log loss {record.metrics.log_loss:.4f}",
             )
 
-        return simulate(spec, nodes, federation.manifest(), progress=on_round)
+        result = simulate(
+            spec, nodes, federation.manifest(), federation.coordinator(), progress=on_round
+        )
+    return result, federation
 
 
 def _row(model: str, trained_on: str, evaluated_on: str, m: GlobalMetrics) -> dict[str, Any]:
@@ -192,6 +196,28 @@ def _compare(
     return {"table": table, "checks": checks, "curves": curves}
 
 
+def _audit(federation: LocalFederation) -> dict[str, Any]:
+    """Verify every party's privacy log, as an auditor would."""
+    manifest = federation.manifest()
+    names = [*(n.name for n in manifest.nodes), COORDINATOR_NAME]
+    paths = [log_path(federation.audit_dir, name) for name in names]
+    started = time.perf_counter()
+    verdict = verify_logs(manifest, paths)
+    return {
+        "logs": [str(p) for p in paths],
+        "entries": sum(r.entries for r in verdict.logs),
+        "errors": [str(f) for f in verdict.errors],
+        "warnings": len(verdict.warnings),
+        "verify_seconds": time.perf_counter() - started,
+        "check": {
+            "name": "findings when every party's privacy log is verified",
+            "value": len(verdict.errors),
+            "limit": 0,
+            "passed": verdict.ok,
+        },
+    }
+
+
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -238,9 +264,11 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
         for name, d in ((n, load_party(dirs[n], spec.schema)) for n in spec.parties)
     ]
     fed_started = time.perf_counter()
-    result = _run_federation(spec, cfg, dirs, console)
+    result, federation = _run_federation(spec, cfg, dirs, console)
     fed_seconds = time.perf_counter() - fed_started
     comparison = _compare(spec, parties, result, console)
+    audit = _audit(federation)
+    comparison["checks"].append(audit.pop("check"))
     results: dict[str, Any] = {
         "job": {
             "id": spec.id,
@@ -264,6 +292,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
         ],
         "final_metrics": result.final.to_dict(),
         **comparison,
+        "audit": audit,
         "timing": {
             "federation_seconds": fed_seconds,
             "total_seconds": time.perf_counter() - started,
@@ -276,6 +305,12 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     _write_json(cfg.out_dir / "results.json", results)
     report = write_report(results, cfg.out_dir)
     _print_summary(results, console)
+    audit_dir = Path(results["audit"]["logs"][0]).parent
+    console.print(
+        f"Privacy logs: {audit_dir} ({results['audit']['entries']} entries, verified in "
+        f"{results['audit']['verify_seconds']:.2f} s; check them yourself with "
+        f"fedprop audit verify {audit_dir}/*.log --manifest {audit_dir.parent}/manifest.json)"
+    )
     console.print(f"Results: {cfg.out_dir / 'results.json'}\nReport:  {report}")
     console.print(f"Total time: {results['timing']['total_seconds']:.1f} s")
     return results

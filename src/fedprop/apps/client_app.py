@@ -15,6 +15,7 @@ The SuperNode's ``--node-config`` tells the node who and where it is:
 | ``data-dir`` | folder with ``train.csv`` and ``test.csv`` |
 | ``key-dir`` | its identity keys (``fedprop node keygen``) |
 | ``manifest`` | the federation manifest it pinned |
+| ``audit-dir`` | folder of its privacy log (:mod:`fedprop.apps.audit`) |
 | ``allow-plaintext`` | accept ``plaintext`` aggregation (default false) |
 | ``allow-model-release`` | release the final model to the coordinator (default false) |
 
@@ -30,19 +31,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from flwr.app import Context, Error, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedprop.apps.records import from_record, to_record
+from fedprop.apps.audit import audit_mod
+from fedprop.apps.records import error_reply, from_record, to_record
 from fedprop.crypto.identity import Manifest, load_identity
 from fedprop.data.loader import load_party
 from fedprop.errors import FedpropError
 from fedprop.protocols.hfl import (
+    REQUESTS,
     HflNode,
-    JobRequest,
-    ModelRequest,
     NodeSettings,
-    ReleaseRequest,
     Request,
     Step,
 )
@@ -60,15 +60,6 @@ __all__ = [
 #: Flower error code for a request the node refused or could not carry out.
 ERROR_CODE = 4001
 
-#: Request type of each protocol step.
-REQUESTS: dict[Step, type[JobRequest] | type[ModelRequest] | type[ReleaseRequest]] = {
-    Step.KEYS: JobRequest,
-    Step.STATS: JobRequest,
-    Step.TRAIN: ModelRequest,
-    Step.EVALUATE: ModelRequest,
-    Step.RELEASE: ReleaseRequest,
-}
-
 
 @dataclass(frozen=True)
 class NodeConfig:
@@ -78,6 +69,7 @@ class NodeConfig:
     data_dir: Path
     key_dir: Path
     manifest: Path
+    audit_dir: Path
     allow_plaintext: bool = False
     allow_model_release: bool = False
 
@@ -101,6 +93,7 @@ class NodeConfig:
             data_dir=Path(text("data-dir")),
             key_dir=Path(text("key-dir")),
             manifest=Path(text("manifest")),
+            audit_dir=Path(text("audit-dir")),
             allow_plaintext=flag("allow-plaintext"),
             allow_model_release=flag("allow-model-release"),
         )
@@ -157,12 +150,21 @@ def _answer(locate: Locator, message: Message, context: Context) -> Message:
         node = _node(request.spec, config)
         return Message(to_record(node.handle(step, request)), reply_to=message)
     except FedpropError as exc:
-        return Message(Error(code=ERROR_CODE, reason=f"{party}: {exc}"), reply_to=message)
+        return error_reply(message, ERROR_CODE, party, str(exc))
 
 
-def build_client_app(locate: Locator = node_config_locator) -> ClientApp:
-    """A ClientApp that answers fedprop's protocol steps for the party ``locate`` names."""
-    client_app = ClientApp()
+def build_client_app(locate: Locator = node_config_locator, *, audit: bool = True) -> ClientApp:
+    """A ClientApp that answers fedprop's protocol steps for the party ``locate`` names.
+
+    Every message passes through the node's privacy log (:func:`audit_mod`);
+    ``audit=False`` exists only to measure what logging costs.
+    """
+
+    def paths(context: Context) -> tuple[str, Path, Path, Path]:
+        config = locate(context)
+        return config.party, config.audit_dir, config.key_dir, config.manifest
+
+    client_app = ClientApp(mods=[audit_mod(paths)] if audit else [])
 
     @client_app.query("keys")
     def keys(message: Message, context: Context) -> Message:

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
-from fedprop.apps.records import from_record, to_record
-from fedprop.crypto.identity import Manifest
+from fedprop.apps.audit import CoordinatorAudit, open_party_log
+from fedprop.apps.records import attach_checkpoint, error_party, from_record, to_record
+from fedprop.audit import AuditLog
+from fedprop.crypto.identity import Manifest, load_identity
 from fedprop.errors import FedpropError, JobFailedError
 from fedprop.protocols.hfl import (
-    ContributionReply,
+    REPLIES,
     HflResult,
-    KeysReply,
     ProgressFn,
-    ReleaseReply,
     Reply,
     Request,
     Step,
@@ -31,16 +32,7 @@ from fedprop.protocols.hfl import (
 )
 from fedprop.spec import JobSpec
 
-__all__ = ["GridTransport", "app", "build_server_app"]
-
-#: Reply type of each protocol step.
-REPLIES: dict[Step, type[KeysReply] | type[ContributionReply] | type[ReleaseReply]] = {
-    Step.KEYS: KeysReply,
-    Step.STATS: ContributionReply,
-    Step.TRAIN: ContributionReply,
-    Step.EVALUATE: ContributionReply,
-    Step.RELEASE: ReleaseReply,
-}
+__all__ = ["CoordinatorConfig", "GridTransport", "app", "build_server_app"]
 
 #: Seconds to wait for every party's node to connect before a job starts.
 NODE_WAIT_SECONDS = 120.0
@@ -59,11 +51,13 @@ class GridTransport:
         grid: Grid,
         parties: tuple[str, ...],
         *,
+        audit: CoordinatorAudit | None,
         node_wait: float = NODE_WAIT_SECONDS,
         step_timeout: float = STEP_TIMEOUT_SECONDS,
     ) -> None:
         self.grid = grid
         self.parties = parties
+        self.audit = audit
         self.node_wait = node_wait
         self.step_timeout = step_timeout
         self._party_of: dict[int, str] = {}
@@ -107,6 +101,50 @@ class GridTransport:
                 time.sleep(PULL_INTERVAL_SECONDS)
         return replies
 
+    def _party(self, node_id: int) -> str:
+        return self._party_of.get(node_id, f"node-{node_id}")
+
+    def _send_and_receive_logged(self, messages: list[Message]) -> list[Message]:
+        """Send and receive with every message on the coordinator's log, each request
+        carrying its latest signed checkpoint and each reply's checkpoint witnessed."""
+        if self.audit is None:
+            return self._send_and_receive(messages)
+        note = self.audit.checkpoint()
+        unknown = []
+        with self.audit.log.batch():  # one fsync for the step's sends, before they leave
+            for m in messages:
+                attach_checkpoint(m, note)
+                if m.metadata.dst_node_id in self._party_of:
+                    self.audit.sent(self._party(m.metadata.dst_node_id), m)
+                else:
+                    unknown.append(m)
+        replies = self._send_and_receive(messages)
+        for r in replies:  # a first reply names the party behind a node id
+            if not r.has_error() and r.metadata.src_node_id not in self._party_of:
+                try:
+                    reply = from_record(REPLIES[Step(r.metadata.message_type)], r.content)
+                except (ValueError, FedpropError):
+                    continue  # reported when the replies are read
+                if reply.party in self.parties:
+                    self._party_of[r.metadata.src_node_id] = reply.party
+        # A node that refused its first request is known only by the name its error gives.
+        claimed = {
+            r.metadata.src_node_id: party
+            for r in replies
+            if (party := error_party(r)) in self.parties
+            and r.metadata.src_node_id not in self._party_of
+        }
+
+        def name_of(node_id: int) -> str:
+            return claimed.get(node_id) or self._party(node_id)
+
+        with self.audit.log.batch():
+            for m in unknown:
+                self.audit.sent(name_of(m.metadata.dst_node_id), m)
+            for r in replies:
+                self.audit.received(name_of(r.metadata.src_node_id), r)
+        return replies
+
     def broadcast(
         self, step: Step, request: Request, to: Sequence[str] | None = None
     ) -> Mapping[str, Reply]:
@@ -123,7 +161,7 @@ class GridTransport:
             )
             for node_id in node_ids
         ]
-        replies = self._send_and_receive(messages)
+        replies = self._send_and_receive_logged(messages)
         errors = [
             f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()
         ]
@@ -156,25 +194,66 @@ def build_server_app(
     spec: JobSpec | None = None,
     manifest: Manifest | None = None,
     *,
+    coordinator: CoordinatorConfig | None = None,
     progress: ProgressFn | None = None,
     on_result: ResultSink | None = None,
+    audit: bool = True,
 ) -> ServerApp:
     """A ServerApp that runs ``spec`` with ``manifest`` (or the run config's files).
 
-    The run config names them as ``job-spec`` and ``manifest`` (paths).
+    The run config names them as ``job-spec`` and ``manifest`` (paths), and the
+    coordinator's identity and log folder as ``coordinator-key-dir`` and
+    ``audit-dir`` unless ``coordinator`` is given. ``audit=False`` exists only to
+    measure what logging costs.
     """
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        job = spec or JobSpec.load(Path(str(context.run_config["job-spec"])))
-        federation = manifest or _load_manifest(Path(str(context.run_config["manifest"])))
-        transport = GridTransport(grid, job.parties)
-        result = run_hfl(job, transport, federation, progress=progress)
+        config = context.run_config
+        job = spec or JobSpec.load(Path(str(_run_config(config, "job-spec"))))
+        federation = manifest or _load_manifest(Path(str(_run_config(config, "manifest"))))
+        if not audit:
+            result = run_hfl(job, GridTransport(grid, job.parties, audit=None), federation)
+        else:
+            where = coordinator or CoordinatorConfig(
+                Path(str(_run_config(config, "coordinator-key-dir"))),
+                Path(str(_run_config(config, "audit-dir"))),
+            )
+            with where.open_log(federation) as log:
+                transport = GridTransport(
+                    grid, job.parties, audit=CoordinatorAudit(log, federation, job.id)
+                )
+                result = run_hfl(job, transport, federation, progress=progress)
         if on_result is not None:
             on_result(result)
 
     return server_app
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Where the coordinator's identity keys and privacy log are."""
+
+    key_dir: Path
+    audit_dir: Path
+
+    def open_log(self, manifest: Manifest) -> AuditLog:
+        """Open the coordinator's log; it must be the manifest's coordinator."""
+        identity = load_identity(self.key_dir)
+        listed = manifest.coordinator
+        if listed is None or listed != identity.public:
+            raise JobFailedError(
+                f"the keys in {self.key_dir} are not the coordinator the manifest of "
+                f"'{manifest.federation}' lists; nodes could not check its checkpoints"
+            )
+        return open_party_log(self.audit_dir, identity, manifest.federation)
+
+
+def _run_config(config: Mapping[str, object], key: str) -> object:
+    if key not in config:
+        raise JobFailedError(f"the run config lacks '{key}'")
+    return config[key]
 
 
 def _load_manifest(path: Path) -> Manifest:

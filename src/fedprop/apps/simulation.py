@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from flwr.simulation import run_simulation
 
 from fedprop.apps.client_app import NodeConfig, SimulationLocator, build_client_app
-from fedprop.apps.server_app import build_server_app
+from fedprop.apps.server_app import CoordinatorConfig, build_server_app
 from fedprop.crypto.identity import Manifest
 from fedprop.errors import JobFailedError
 from fedprop.protocols.hfl import HflResult, ProgressFn
@@ -37,17 +37,31 @@ def simulate(
     spec: JobSpec,
     nodes: Mapping[str, NodeConfig],
     manifest: Manifest,
+    coordinator: CoordinatorConfig | None,
     *,
     progress: ProgressFn | None = None,
     quiet: bool = True,
 ) -> HflResult:
-    """Run ``spec`` with one virtual node per party; return what the coordinator holds."""
+    """Run ``spec`` with one virtual node per party; return what the coordinator holds.
+
+    Every party logs what it sends and receives (``coordinator`` says where the
+    coordinator's keys and log are); ``coordinator=None`` runs without any privacy
+    log, only to measure what logging costs.
+    """
     missing = [p for p in spec.parties if p not in nodes]
     if missing:
         raise JobFailedError(f"no node configured for: {', '.join(missing)}")
     locator = SimulationLocator(tuple(nodes[p] for p in spec.parties))
     results: list[HflResult] = []
-    server_app = build_server_app(spec, manifest, progress=progress, on_result=results.append)
+    audit = coordinator is not None
+    server_app = build_server_app(
+        spec,
+        manifest,
+        coordinator=coordinator,
+        progress=progress,
+        on_result=results.append,
+        audit=audit,
+    )
     # Ray otherwise warns at every start that it will stop overriding device variables.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flwr_logger = logging.getLogger("flwr")
@@ -59,7 +73,7 @@ def simulate(
     try:
         run_simulation(
             server_app=server_app,
-            client_app=build_client_app(locator),
+            client_app=build_client_app(locator, audit=audit),
             num_supernodes=len(spec.parties),
             backend_config={
                 "client_resources": {"num_cpus": SIMULATION_CPUS_PER_NODE, "num_gpus": 0.0},

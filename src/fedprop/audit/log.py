@@ -32,14 +32,37 @@ Event kinds and their detail
     second empty line.
 
 Durability
-    :meth:`AuditLog.append` writes the whole line with one ``write`` on a file opened
-    for appending, then ``fsync``s it; it returns only once the entry is on disk. The
-    directory is ``fsync``ed when a file is created. Inside :meth:`AuditLog.batch` the
-    ``fsync`` happens once, when the batch closes (entries appended in a batch are
-    durable only then). :meth:`AuditLog.checkpoint` makes the log durable before it
-    signs, so a checkpoint never covers an entry that a crash could lose, and
-    :meth:`AuditLog.close` signs a last checkpoint when entries were added since the
-    previous one.
+    :meth:`AuditLog.append` writes the whole line on a file opened for appending, then
+    ``fsync``s it; it returns only once the entry is on disk. The directory is
+    ``fsync``ed when a file is created. Inside :meth:`AuditLog.batch` the ``fsync``
+    happens once, when the batch closes (entries appended in a batch are durable only
+    then). :meth:`AuditLog.checkpoint` makes the log durable before it signs (including
+    entries other processes appended, which may still wait for their batch's ``fsync``),
+    so a checkpoint never covers an entry that a crash could lose, and
+    :meth:`AuditLog.close` signs a last checkpoint when the log holds entries that no
+    checkpoint in the checkpoints file covers.
+
+Several processes
+    A party's node may handle its messages in several processes; each opens the same
+    log with :meth:`AuditLog.open` and appends to it, and the files stay one log (seq
+    contiguous, one ``prev`` chain, checkpoints in non-decreasing size order). The log
+    file's exclusive ``flock`` serialises the writers and also guards the checkpoints
+    file. ``open`` holds it (waiting while another process holds it) only while it
+    replays and recovers the files. Every write (``append``, ``checkpoint``,
+    ``witness``, the end of a ``batch``, the last checkpoint of ``close``) holds it from
+    start to end, taken by the outermost operation only (``witness`` appends; ``flock``
+    does not nest on one open file), and a batch releases it between its appends.
+    Having taken it, the object first catches up: it checks each complete line other
+    processes appended since it last held the lock exactly as ``open`` checks a
+    replayed line (seq, party, ``prev`` link, witnessed checkpoints) and adds it to its
+    Merkle tree, so its next entry takes the next seq and chains to the last entry in
+    the file, whichever process wrote it. Before signing, it also checks the
+    checkpoints the other processes stored (signature, origin, size order, root), so it
+    knows the last signed size. Until its next write, an object's :attr:`AuditLog.size`
+    and :attr:`AuditLog.root` lag behind other processes' writes. A ``witness`` sees the
+    checkpoints every process witnessed. The locks are advisory and assume a local
+    filesystem; an object serves only the process that opened it (a forked child must
+    open the log again).
 
 Crash recovery (torn writes)
     An entry is complete when its line ends with ``"\\n"``. A crash in the middle of a
@@ -49,10 +72,16 @@ Crash recovery (torn writes)
     ``append`` had not returned), reports it in :attr:`AuditLog.torn_tails`, logs a
     warning, and appends an ``error`` entry recording the offset, length and SHA-256 of
     the bytes it removed, so the recovery itself is on the record. The checkpoints file
-    is recovered the same way. A complete line that is not a valid entry, a broken chain
-    link, or signed checkpoints that do not match the entries (edited, removed or rolled
-    back) are tampering or corruption, not a torn write: ``open`` refuses the log
-    (:class:`AuditLogError`) and changes nothing, since appending would fork the history.
+    is recovered the same way. Writers write whole lines and notes under the ``flock``,
+    so an incomplete last line or note that an open log finds when it catches up was
+    left by another process that died mid-write: it is cut off and recorded in the same
+    way. A complete line that is not a valid entry, a broken chain link, or signed
+    checkpoints that do not match the entries (edited, removed or rolled back) are
+    tampering or corruption, not a torn write: ``open`` refuses the log
+    (:class:`AuditLogError`) and changes nothing, since appending would fork the
+    history. Found by an open log catching up, they make the write fail
+    (:class:`AuditLogError` naming the line or checkpoint) before it writes anything,
+    and the object refuses every later write.
 
     What the party's own files cannot show is a consistent rollback of both files: the
     defence against that is the copies of checkpoints held by others (witnesses record a
@@ -155,6 +184,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 _INT_LIMIT = 1 << 63
+_READ_CHUNK = 1 << 20
+_REFUSAL = "the log was altered or corrupted, refusing to append to it"
 
 
 class EventKind(StrEnum):
@@ -693,16 +724,22 @@ def read_checkpoints(path: str | os.PathLike[str]) -> CheckpointFile:
         data = path.read_bytes()
     except FileNotFoundError:
         return CheckpointFile((), None)
+    notes, end = _split_notes(data)
+    return CheckpointFile(notes, _torn(path, end, data[end:]) if end < len(data) else None)
+
+
+def _split_notes(data: bytes) -> tuple[tuple[str, ...], int]:
+    """The complete checkpoint records at the start of ``data``, and where the last ends."""
     notes: list[str] = []
     pos = 0
     while pos < len(data):
         body_end = data.find(b"\n\n", pos)
         end = data.find(b"\n\n", body_end + 2) if body_end >= 0 else -1
         if end < 0:
-            return CheckpointFile(tuple(notes), _torn(path, pos, data[pos:]))
+            break
         notes.append(data[pos : end + 1].decode("utf-8", "surrogateescape"))
         pos = end + 2
-    return CheckpointFile(tuple(notes), None)
+    return tuple(notes), pos
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -710,6 +747,18 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _read_range(fd: int, start: int, end: int) -> bytes:
+    """The bytes ``[start, end)`` of the file (fewer if it is shorter)."""
+    chunks: list[bytes] = []
+    while start < end:
+        chunk = os.pread(fd, min(end - start, _READ_CHUNK), start)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        start += len(chunk)
+    return b"".join(chunks)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -729,46 +778,87 @@ def _open_append(path: Path) -> tuple[int, bool]:
         return os.open(path, flags), False
 
 
-@dataclass(frozen=True)
-class _Replay:
-    tree: MerkleTree
-    witnessed: dict[tuple[str, int], bytes]
-    torn: TornTail | None
+class _Chain:
+    """The entries of one log file read so far: checked line by line, hashed into a tree.
 
+    The one implementation of the checks on the entries of a party's own log, used both
+    when :meth:`AuditLog.open` replays the file from its start and when an open log
+    catches up with the entries other processes appended. ``offset`` is the byte offset
+    just after the last complete line applied; ``witnessed`` maps the (origin, size) of
+    every ``checkpoint-witnessed`` entry to the root it recorded.
+    """
 
-def _replay(path: Path, party: str) -> _Replay:
-    """Check every complete entry and its chain link; rebuild the tree."""
-    tree = MerkleTree()
-    witnessed: dict[tuple[str, int], bytes] = {}
-    offset = 0
-    prev = GENESIS
-    with path.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                return _Replay(tree, witnessed, _torn(path, offset, line))
-            data = line[:-1]
-            seq = tree.size
-            where = f"{path}: line {seq + 1} (seq {seq})"
-            refusal = "the log was altered or corrupted, refusing to append to it"
-            try:
-                entry = Entry.from_bytes(data)
-            except EntryError as exc:
-                raise AuditLogError(f"{where} is not a valid entry ({exc}); {refusal}") from None
-            if entry.seq != seq:
-                raise AuditLogError(f"{where} carries seq {entry.seq}; {refusal}")
-            if entry.party != party:
-                raise AuditLogError(f"{where} belongs to party {entry.party!r}; {refusal}")
-            if entry.prev != prev:
-                raise AuditLogError(f"{where} does not chain to the entry before; {refusal}")
-            if entry.kind is EventKind.CHECKPOINT_WITNESSED:
-                witnessed[_witnessed_head(entry.detail)] = base64.b64decode(
-                    str(entry.detail[DetailKey.ROOT])
-                )
-            digest = leaf_hash(data)
-            tree.append(digest)
-            prev = digest.hex()
-            offset += len(line)
-    return _Replay(tree, witnessed, None)
+    __slots__ = ("offset", "party", "path", "tree", "witnessed")
+
+    def __init__(self, path: Path, party: str) -> None:
+        self.path = path
+        self.party = party
+        self.tree = MerkleTree()
+        self.witnessed: dict[tuple[str, int], bytes] = {}
+        self.offset = 0
+
+    def prev(self) -> str:
+        """The ``prev`` the next entry must carry."""
+        size = self.tree.size
+        return self.tree.leaf_hash(size - 1).hex() if size else GENESIS
+
+    def check(self, data: bytes) -> Entry:
+        """Check ``data`` (a line without its newline) as the next entry; change nothing.
+
+        Raises :class:`AuditLogError`, naming the line, unless it is a valid entry of this
+        party with the next seq and a ``prev`` that links it to the entry before.
+        """
+        seq = self.tree.size
+        where = f"{self.path}: line {seq + 1} (seq {seq})"
+        try:
+            entry = Entry.from_bytes(data)
+        except EntryError as exc:
+            raise AuditLogError(f"{where} is not a valid entry ({exc}); {_REFUSAL}") from None
+        if entry.seq != seq:
+            raise AuditLogError(f"{where} carries seq {entry.seq}; {_REFUSAL}")
+        if entry.party != self.party:
+            raise AuditLogError(f"{where} belongs to party {entry.party!r}; {_REFUSAL}")
+        if entry.prev != self.prev():
+            raise AuditLogError(f"{where} does not chain to the entry before; {_REFUSAL}")
+        return entry
+
+    def add(self, entry: Entry, data: bytes) -> None:
+        """Apply the next entry (checked, or just written): ``data`` is its line without newline."""
+        if entry.kind is EventKind.CHECKPOINT_WITNESSED:
+            self.witnessed[_witnessed_head(entry.detail)] = base64.b64decode(
+                str(entry.detail[DetailKey.ROOT])
+            )
+        self.tree.append(leaf_hash(data))
+        self.offset += len(data) + 1
+
+    def read(self, fd: int, end: int) -> TornTail | None:
+        """Check and apply every complete line from ``offset`` to ``end`` (the file's size).
+
+        Returns the bytes after the last complete line as a torn tail (``None`` when the
+        file ends with a newline) without removing them. Raises :class:`AuditLogError` at
+        the first line that fails :meth:`check` (the lines before it stay applied), and
+        when the file is shorter than ``offset`` (applied entries were removed).
+        """
+        if end < self.offset:
+            raise AuditLogError(
+                f"{self.path} is {end} bytes long but its first {self.tree.size} entries end "
+                f"at byte {self.offset}: entries were removed; {_REFUSAL}"
+            )
+        pos = self.offset
+        pending = b""
+        while pos < end:
+            chunk = os.pread(fd, min(end - pos, _READ_CHUNK), pos)
+            if not chunk:
+                break
+            pos += len(chunk)
+            buffer = pending + chunk if pending else chunk
+            start = 0
+            while (newline := buffer.find(b"\n", start)) >= 0:
+                data = buffer[start:newline]
+                self.add(self.check(data), data)
+                start = newline + 1
+            pending = buffer[start:]
+        return _torn(self.path, self.offset, pending) if pending else None
 
 
 def _witnessed_head(detail: Mapping[str, DetailValue]) -> tuple[str, int]:
@@ -782,10 +872,16 @@ def _check_own_checkpoints(
     origin: str,
     tree: MerkleTree,
     path: Path,
+    *,
+    first: int = 0,
+    previous: int = 0,
 ) -> int:
-    """Refuse the log unless every checkpoint verifies and matches; return the last size."""
-    previous = 0
-    for number, note in enumerate(notes):
+    """Refuse the log unless every checkpoint verifies and matches; return the last size.
+
+    ``notes`` are the checkpoints from number ``first`` on; ``previous`` is the size of
+    the checkpoint before them (sizes must not decrease).
+    """
+    for number, note in enumerate(notes, first):
         where = f"{path}: checkpoint #{number}"
         try:
             checkpoint = verify_note(note, {party: public_key})
@@ -809,11 +905,72 @@ def _check_own_checkpoints(
     return previous
 
 
+class _WriteLock:
+    """The locks a write of one :class:`AuditLog` holds: ``with`` yields the log's fd.
+
+    Entering takes the log's thread lock and, at the outermost level only, the exclusive
+    ``flock`` of the log file, then catches the log up with what other processes wrote
+    (:meth:`AuditLog._catch_up`). ``flock`` does not nest on one open file (an inner
+    unlock would release the outer lock), and writes nest (``witness`` appends; ``open``
+    records its recoveries while it holds the lock), so ``depth`` counts the nesting and
+    only the outermost exit releases the ``flock``.
+    """
+
+    __slots__ = ("depth", "log")
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+        self.depth = 0
+
+    def __enter__(self) -> int:
+        log = self.log
+        log._lock.acquire()
+        try:
+            fd = log._writable()
+            if self.depth:
+                self.depth += 1
+                return fd
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise AuditLogError(f"{log.path}: locking the log failed: {exc}") from exc
+            self.depth = 1
+            try:
+                log._catch_up(fd)
+            except BaseException:
+                self.depth = 0
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise
+            return fd
+        except BaseException:
+            log._lock.release()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        log = self.log
+        self.depth -= 1
+        if self.depth == 0 and log._fd is not None:
+            fcntl.flock(log._fd, fcntl.LOCK_UN)
+        log._lock.release()
+
+
 class AuditLog:
     """The append-only, checkpointed privacy log of one party. Create with :meth:`open`.
 
-    The log file is locked (``flock``) while open, so a second process cannot append to
-    it. The methods are safe to call from several threads.
+    Several processes may each open the same log and append to it; the file stays one
+    hash-chained Merkle log. Every write (:meth:`append`, :meth:`checkpoint`,
+    :meth:`witness`, the end of a :meth:`batch`, the last checkpoint of :meth:`close`)
+    holds an exclusive ``flock`` on the log file, which also guards the checkpoints
+    file, and first catches up: it checks and applies the entries other processes
+    appended since this object last held the lock, exactly as :meth:`open` checks a
+    replayed file, so each entry gets the next ``seq`` and chains to the last entry in
+    the file. :attr:`size` and :attr:`root` are this object's view as of its last write
+    (or :meth:`open`) and lag behind later writes of other processes. See the module
+    docstring ("Several processes") for the details.
+
+    The methods are safe to call from several threads. An object must be used only in
+    the process that opened it: after a ``fork`` the child shares the parent's file
+    locks, so the child refuses to write with it and must open the log itself.
     """
 
     def __init__(
@@ -826,8 +983,9 @@ class AuditLog:
         clock: Callable[[], datetime],
         fd: int,
         checkpoints_fd: int,
-        replay: _Replay,
+        chain: _Chain,
         checkpointed: int,
+        checkpoints_read: tuple[int, int],
         torn_tails: tuple[TornTail, ...],
     ) -> None:
         self._path = path
@@ -836,13 +994,17 @@ class AuditLog:
         self._origin = origin
         self._key = signing_key
         self._clock = clock
+        self._pid = os.getpid()
         self._fd: int | None = fd
         self._checkpoints_fd = checkpoints_fd
-        self._tree = replay.tree
-        self._witnessed = replay.witnessed
+        self._chain = chain
+        # The size of the last checkpoint in the checkpoints file as last read, how many
+        # checkpoints that file held then and the offset where the last one ended.
         self._checkpointed = checkpointed
+        self._checkpoints_count, self._checkpoints_offset = checkpoints_read
         self._torn_tails = torn_tails
         self._lock = threading.RLock()
+        self._write_lock = _WriteLock(self)
         self._batch_depth = 0
         self._unsynced = False
         self._broken: str | None = None
@@ -860,8 +1022,10 @@ class AuditLog:
         """Open (or create) the log at ``path`` for ``party``, replaying and checking it.
 
         ``party`` is the party's name in entries and its signed-note key name;
-        ``origin`` is the checkpoint origin line. See the module docstring for what
-        happens to a torn tail and for what makes ``open`` refuse a log.
+        ``origin`` is the checkpoint origin line. The replay holds the log's exclusive
+        ``flock`` (waiting while another process writes) and releases it before
+        returning; other processes may hold the same log open. See the module docstring
+        for what happens to a torn tail and for what makes ``open`` refuse a log.
         """
         if not isinstance(signing_key, Ed25519PrivateKey):
             raise TypeError("signing_key must be an Ed25519PrivateKey")
@@ -874,52 +1038,60 @@ class AuditLog:
         path = Path(path)
         fd, created = _open_append(path)
         checkpoints_fd = -1
+        log: AuditLog | None = None
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise AuditLogError(f"{path} is open in another process") from None
-            checkpoints_path = checkpoints_path_for(path)
-            checkpoints_fd, checkpoints_created = _open_append(checkpoints_path)
-            if created or checkpoints_created:
-                _fsync_dir(path.parent)
-            replay = _replay(path, party)
-            records = read_checkpoints(checkpoints_path)
-            checkpointed = _check_own_checkpoints(
-                records.notes, party, signing_key.public_key(), origin, replay.tree, path
-            )
-            # Everything complete checked out: only now cut the torn tails off.
-            torn: list[TornTail] = []
-            if replay.torn is not None:
-                os.ftruncate(fd, replay.torn.offset)
-                os.fsync(fd)
-                torn.append(replay.torn)
-            if records.torn_tail is not None:
-                os.ftruncate(checkpoints_fd, records.torn_tail.offset)
-                os.fsync(checkpoints_fd)
-                torn.append(records.torn_tail)
+                checkpoints_path = checkpoints_path_for(path)
+                checkpoints_fd, checkpoints_created = _open_append(checkpoints_path)
+                if created or checkpoints_created:
+                    _fsync_dir(path.parent)
+                chain = _Chain(path, party)
+                log_torn = chain.read(fd, os.fstat(fd).st_size)
+                notes_data = _read_range(checkpoints_fd, 0, os.fstat(checkpoints_fd).st_size)
+                notes, notes_end = _split_notes(notes_data)
+                checkpointed = _check_own_checkpoints(
+                    notes, party, signing_key.public_key(), origin, chain.tree, path
+                )
+                # Everything complete checked out: only now cut the torn tails off.
+                torn: list[TornTail] = []
+                if log_torn is not None:
+                    os.ftruncate(fd, log_torn.offset)
+                    os.fsync(fd)
+                    torn.append(log_torn)
+                if notes_end < len(notes_data):
+                    os.ftruncate(checkpoints_fd, notes_end)
+                    os.fsync(checkpoints_fd)
+                    torn.append(_torn(checkpoints_path, notes_end, notes_data[notes_end:]))
+                log = cls(
+                    path=path,
+                    party=party,
+                    origin=origin,
+                    signing_key=signing_key,
+                    clock=clock,
+                    fd=fd,
+                    checkpoints_fd=checkpoints_fd,
+                    chain=chain,
+                    checkpointed=checkpointed,
+                    checkpoints_read=(len(notes), notes_end),
+                    torn_tails=(),
+                )
+                # Record the recoveries before any other process can write.
+                log._write_lock.depth = 1
+                for tail in torn:
+                    log._record_torn_tail(tail)
+                log._write_lock.depth = 0
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         except BaseException:
-            os.close(fd)
-            if checkpoints_fd >= 0:
-                os.close(checkpoints_fd)
+            if log is not None:
+                log._broken = log._broken or "open failed"
+                log.close()
+            else:
+                os.close(fd)
+                if checkpoints_fd >= 0:
+                    os.close(checkpoints_fd)
             raise
-        log = cls(
-            path=path,
-            party=party,
-            origin=origin,
-            signing_key=signing_key,
-            clock=clock,
-            fd=fd,
-            checkpoints_fd=checkpoints_fd,
-            replay=replay,
-            checkpointed=checkpointed,
-            torn_tails=tuple(torn),
-        )
-        for tail in torn:
-            _log.warning("audit log recovery: %s; cut off", tail.describe())
-            detail = error_detail("torn-tail-truncated", tail.describe())
-            detail.update({"file": tail.path.name, "offset": tail.offset, "bytes": tail.length})
-            log.append(EventKind.ERROR, detail=detail)
         return log
 
     # --- what the log is -------------------------------------------------------------
@@ -951,20 +1123,25 @@ class AuditLog:
 
     @property
     def size(self) -> int:
-        """The number of entries."""
+        """The number of entries, as of this object's last write (other processes may add)."""
         with self._lock:
-            return self._tree.size
+            return self._chain.tree.size
 
     @property
     def root(self) -> bytes:
-        """The RFC 9162 Merkle root of all entries."""
+        """The RFC 9162 Merkle root of the entries counted by :attr:`size`."""
         with self._lock:
-            return self._tree.root()
+            return self._chain.tree.root()
 
     @property
     def torn_tails(self) -> tuple[TornTail, ...]:
-        """The torn tails :meth:`open` cut off (log file first, then checkpoints file)."""
-        return self._torn_tails
+        """The torn tails this object cut off, in order.
+
+        First those :meth:`open` found (log file, then checkpoints file), then any that a
+        later write found while catching up (left by a process that crashed mid-write).
+        """
+        with self._lock:
+            return self._torn_tails
 
     # --- writing ---------------------------------------------------------------------
 
@@ -977,17 +1154,16 @@ class AuditLog:
         detail: Mapping[str, DetailValue] | None = None,
     ) -> Entry:
         """Record one event; return the entry once it is on disk (see :meth:`batch`)."""
-        with self._lock:
-            fd = self._writable()
-            size = self._tree.size
+        with self._write_lock as fd:
+            chain = self._chain
             entry = Entry(
-                seq=size,
+                seq=chain.tree.size,
                 time=self._clock(),
                 party=self._party,
                 job=job,
                 step=step,
                 kind=kind,
-                prev=self._tree.leaf_hash(size - 1).hex() if size else GENESIS,
+                prev=chain.prev(),
                 detail={} if detail is None else detail,
             )
             data = entry.to_bytes()
@@ -997,9 +1173,10 @@ class AuditLog:
                     self._unsynced = True
                 else:
                     os.fsync(fd)
+                    self._unsynced = False
             except OSError as exc:
                 raise self._fail(f"writing seq {entry.seq} failed: {exc}") from exc
-            self._tree.append(leaf_hash(data))
+            chain.add(entry, data)
             return entry
 
     @contextlib.contextmanager
@@ -1007,7 +1184,9 @@ class AuditLog:
         """Group appends: one ``fsync`` when the (outermost) batch closes.
 
         Entries appended inside the batch, from any thread, are durable only when it
-        closes; do not act on them (send the message they record) before that.
+        closes; do not act on them (send the message they record) before that. The batch
+        does not hold the file lock between its appends: other processes' entries may
+        land between them.
         """
         with self._lock:
             self._writable()
@@ -1017,24 +1196,38 @@ class AuditLog:
         finally:
             with self._lock:
                 self._batch_depth -= 1
-                if self._batch_depth == 0:
-                    self._sync()
+                if (
+                    self._batch_depth == 0
+                    and self._unsynced
+                    and self._fd is not None
+                    and self._broken is None
+                ):
+                    with self._write_lock:
+                        self._sync()
 
     def checkpoint(self) -> str:
-        """Sign the current size and root; store the note in the checkpoints file; return it."""
-        with self._lock:
-            self._writable()
+        """Sign the current size and root; store the note in the checkpoints file; return it.
+
+        The size is that of the whole log, other processes' entries included (the log is
+        caught up first), so checkpoints are stored in non-decreasing size order.
+        """
+        with self._write_lock:
+            self._catch_up_checkpoints()
             self._sync()
-            checkpoint = Checkpoint(self._origin, self._tree.size, self._tree.root())
+            tree = self._chain.tree
+            checkpoint = Checkpoint(self._origin, tree.size, tree.root())
             note = sign_note(checkpoint.format_body(), self._party, self._key)
+            record = note.encode("utf-8") + b"\n"
             try:
-                _write_all(self._checkpoints_fd, note.encode("utf-8") + b"\n")
+                _write_all(self._checkpoints_fd, record)
                 os.fsync(self._checkpoints_fd)
             except OSError as exc:
                 raise self._fail(
                     f"writing checkpoint of size {checkpoint.size} failed: {exc}"
                 ) from exc
             self._checkpointed = checkpoint.size
+            self._checkpoints_count += 1
+            self._checkpoints_offset += len(record)
             return note
 
     def witness(
@@ -1051,12 +1244,13 @@ class AuditLog:
         The note must carry a valid signature by ``signer`` with ``signer_key``. A
         ``checkpoint-witnessed`` entry records its origin, size, root and the signer's
         signature (so an auditor can check that the signer really signed it); a
-        checkpoint already witnessed is not recorded twice. If this party already
-        witnessed a different root for the same origin and size, the signer has shown two
-        histories: that is recorded as an ``error`` entry (rule ``split-view``) and
-        refused (:class:`~fedprop.audit.checkpoint.CheckpointError`, ``split-view``).
-        Without the other log's entries a witness cannot check consistency between
-        different sizes; the auditor does that from the logs.
+        checkpoint already witnessed (by any process writing this log) is not recorded
+        twice. If this party already witnessed a different root for the same origin and
+        size, the signer has shown two histories: that is recorded as an ``error`` entry
+        (rule ``split-view``) and refused
+        (:class:`~fedprop.audit.checkpoint.CheckpointError`, ``split-view``). Without the
+        other log's entries a witness cannot check consistency between different sizes;
+        the auditor does that from the logs.
 
         The cosignature is a plain Ed25519 signed-note signature (type 0x01) by this
         party over the same body: it says "this party saw and checked this checkpoint",
@@ -1069,9 +1263,8 @@ class AuditLog:
         signature = next(s for s in parse_note(note)[1] if s.name == signer and s.key_id == wanted)
         detail = _witness_detail(checkpoint, signature)
         head = (checkpoint.origin, checkpoint.size)
-        with self._lock:
-            self._writable()
-            earlier = self._witnessed.get(head)
+        with self._write_lock:
+            earlier = self._chain.witnessed.get(head)
             if earlier is not None and earlier != checkpoint.root:
                 evidence = error_detail("split-view", f"{signer} signed two roots for one size")
                 evidence.update(detail)
@@ -1084,20 +1277,24 @@ class AuditLog:
                 )
             if earlier is None:
                 self.append(EventKind.CHECKPOINT_WITNESSED, job=job, step=step, detail=detail)
-                self._witnessed[head] = checkpoint.root
         return add_signature(note, self._party, self._key)
 
     def close(self) -> None:
         """Sign a last checkpoint if needed, make everything durable, release the files.
 
-        Idempotent. A log whose write failed is closed without signing.
+        The last checkpoint is signed when the log (caught up with other processes) holds
+        entries that no checkpoint in the checkpoints file covers yet. Idempotent. A log
+        whose write failed, or that found itself altered, is closed without signing.
         """
         with self._lock:
             if self._fd is None:
                 return
             try:
-                if self._broken is None and self._tree.size > self._checkpointed:
-                    self.checkpoint()
+                if self._broken is None and os.getpid() == self._pid:
+                    with self._write_lock:
+                        self._catch_up_checkpoints()
+                        if self._chain.tree.size > self._checkpointed:
+                            self.checkpoint()
             finally:
                 os.close(self._fd)
                 os.close(self._checkpoints_fd)
@@ -1116,7 +1313,102 @@ class AuditLog:
             raise AuditLogError(f"{self._path} is closed")
         if self._broken is not None:
             raise AuditLogError(f"{self._path}: {self._broken}; reopen the log to recover")
+        if os.getpid() != self._pid:
+            raise AuditLogError(
+                f"{self._path} was opened in process {self._pid}: open the log again in "
+                "this process (a forked copy shares the parent's file lock)"
+            )
         return self._fd
+
+    def _catch_up(self, fd: int) -> None:
+        """Apply the entries other processes appended; cut off a crashed writer's remnant.
+
+        Runs holding the ``flock``. Writers append whole lines under that lock, so an
+        incomplete last line seen here was left by a process that died mid-write: it is
+        cut off and recorded as :meth:`open` records a torn tail. A line that fails the
+        checks (or a file shorter than what was applied) is tampering: the log is marked
+        broken and :class:`AuditLogError` names the line.
+        """
+        chain = self._chain
+        before = chain.offset
+        try:
+            end = os.fstat(fd).st_size
+            if end == before:
+                return
+            torn = chain.read(fd, end)
+        except AuditLogError as exc:
+            self._broken = str(exc)
+            raise
+        except OSError as exc:
+            raise self._fail(f"reading the entries of other processes failed: {exc}") from exc
+        if chain.offset != before:
+            # Other processes wrote these entries; they may still wait for a batch's fsync.
+            self._unsynced = True
+        if torn is not None:
+            try:
+                os.ftruncate(fd, torn.offset)
+                os.fsync(fd)
+            except OSError as exc:
+                raise self._fail(f"cutting off a torn tail failed: {exc}") from exc
+            self._record_torn_tail(torn)
+
+    def _catch_up_checkpoints(self) -> None:
+        """Check the checkpoints other processes signed; cut off a crashed writer's remnant.
+
+        Runs holding the ``flock`` (after :meth:`_catch_up`), before this object relies on
+        the last signed size or appends a checkpoint. Checkpoints that do not verify or
+        match the entries are tampering: the log is marked broken and
+        :class:`AuditLogError` names the checkpoint.
+        """
+        fd = self._checkpoints_fd
+        start = self._checkpoints_offset
+        try:
+            end = os.fstat(fd).st_size
+            data = _read_range(fd, start, end) if end > start else b""
+        except OSError as exc:
+            raise self._fail(f"reading the checkpoints of other processes failed: {exc}") from exc
+        if end < start:
+            self._broken = (
+                f"{self._checkpoints_path} is {end} bytes long but its first "
+                f"{self._checkpoints_count} checkpoints end at byte {start}: signed "
+                "checkpoints were removed, refusing to append to the log"
+            )
+            raise AuditLogError(self._broken)
+        if not data:
+            return
+        notes, used = _split_notes(data)
+        try:
+            self._checkpointed = _check_own_checkpoints(
+                notes,
+                self._party,
+                self._key.public_key(),
+                self._origin,
+                self._chain.tree,
+                self._path,
+                first=self._checkpoints_count,
+                previous=self._checkpointed,
+            )
+        except AuditLogError as exc:
+            self._broken = str(exc)
+            raise
+        self._checkpoints_count += len(notes)
+        self._checkpoints_offset += used
+        if used < len(data):
+            torn = _torn(self._checkpoints_path, self._checkpoints_offset, data[used:])
+            try:
+                os.ftruncate(fd, torn.offset)
+                os.fsync(fd)
+            except OSError as exc:
+                raise self._fail(f"cutting off a torn checkpoint failed: {exc}") from exc
+            self._record_torn_tail(torn)
+
+    def _record_torn_tail(self, tail: TornTail) -> None:
+        """Report a torn tail already cut off, and record it as an ``error`` entry."""
+        _log.warning("audit log recovery: %s; cut off", tail.describe())
+        self._torn_tails = (*self._torn_tails, tail)
+        detail = error_detail("torn-tail-truncated", tail.describe())
+        detail.update({"file": tail.path.name, "offset": tail.offset, "bytes": tail.length})
+        self.append(EventKind.ERROR, detail=detail)
 
     def _sync(self) -> None:
         if self._unsynced and self._fd is not None:

@@ -78,6 +78,8 @@ from fedprop.protocols.secure_sum import (
 from fedprop.spec import Aggregation, JobSpec
 
 __all__ = [
+    "REPLIES",
+    "REQUESTS",
     "ContributionReply",
     "HflCoordinator",
     "HflNode",
@@ -177,6 +179,22 @@ class ReleaseReply:
 
 Request = JobRequest | ModelRequest | ReleaseRequest
 Reply = KeysReply | ContributionReply | ReleaseReply
+
+#: The request each step carries, and the reply it expects.
+REQUESTS: Mapping[Step, type[JobRequest] | type[ModelRequest] | type[ReleaseRequest]] = {
+    Step.KEYS: JobRequest,
+    Step.STATS: JobRequest,
+    Step.TRAIN: ModelRequest,
+    Step.EVALUATE: ModelRequest,
+    Step.RELEASE: ReleaseRequest,
+}
+REPLIES: Mapping[Step, type[KeysReply] | type[ContributionReply] | type[ReleaseReply]] = {
+    Step.KEYS: KeysReply,
+    Step.STATS: ContributionReply,
+    Step.TRAIN: ContributionReply,
+    Step.EVALUATE: ContributionReply,
+    Step.RELEASE: ReleaseReply,
+}
 
 
 class Transport(Protocol):

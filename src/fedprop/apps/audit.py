@@ -1,0 +1,304 @@
+"""Privacy logging at the edges: every message a party sends or receives, on its log.
+
+On a node, :func:`audit_mod` is a Flower ClientApp mod, so every incoming message
+and every reply passes through it whatever step the protocol runs; on the
+coordinator, :class:`CoordinatorAudit` is called by the ServerApp's transport for
+every message it pushes and every reply it pulls. Both write the party's
+:class:`~fedprop.audit.AuditLog` (``<audit-dir>/<party>.log``, signed with the
+party's identity key):
+
+- ``message-received`` / ``message-sent``: SHA-256 and size of the message's
+  canonical bytes (:func:`~fedprop.apps.records.message_bytes`), the counterparty
+  and the message type; never the content;
+- on a node: ``job-accepted`` at the first step of a job it carries out (the rule:
+  the aggregation mode it allowed) or ``job-refused`` with the reason it gave, a
+  ``key-ceremony`` when it made and sealed the job key, a ``release`` for every sum
+  it opened for the coordinator (what, under which rule), ``error`` for a failed step.
+
+Cross-party evidence: every message carries its sender's latest signed checkpoint
+(:data:`~fedprop.apps.records.AUDIT_RECORD`); the receiver checks the signature
+against its pinned manifest and records it as witnessed
+(:meth:`~fedprop.audit.AuditLog.witness`). A message whose checkpoint does not verify,
+or that shows a second history for a size already witnessed, is refused. A node that
+cannot write its log refuses the message: nothing is computed unlogged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable, Mod
+
+from fedprop.apps.records import (
+    attach_checkpoint,
+    attached_checkpoint,
+    error_reply,
+    from_record,
+    message_bytes,
+)
+from fedprop.audit import (
+    AuditLog,
+    AuditResult,
+    EventKind,
+    PartyLog,
+    decision_detail,
+    error_detail,
+    key_ceremony_detail,
+    message_detail,
+    release_detail,
+    verify_federation,
+)
+from fedprop.crypto.identity import Manifest, NodeIdentity, load_identity
+from fedprop.errors import FedpropError, JobFailedError
+from fedprop.protocols.hfl import REQUESTS, KeysReply, ReleaseRequest, Request, Step
+from fedprop.protocols.secure_sum import VectorKind
+from fedprop.spec import JobSpec
+
+__all__ = [
+    "AUDIT_ERROR_CODE",
+    "COORDINATOR",
+    "CoordinatorAudit",
+    "audit_mod",
+    "log_origin",
+    "log_path",
+    "open_party_log",
+    "verify_logs",
+]
+
+#: Flower error code of a message refused because of its audit evidence or a log failure.
+AUDIT_ERROR_CODE = 4002
+#: Counterparty name of the coordinator when the manifest does not list one.
+COORDINATOR = "coordinator"
+
+
+def log_path(audit_dir: Path, party: str) -> Path:
+    """Where ``party`` keeps its log in ``audit_dir``."""
+    return Path(audit_dir) / f"{party}.log"
+
+
+def log_origin(federation: str, party: str) -> str:
+    """The origin line of ``party``'s checkpoints in ``federation``."""
+    return f"fedprop/{federation}/{party}"
+
+
+def open_party_log(audit_dir: Path, identity: NodeIdentity, federation: str) -> AuditLog:
+    """Open (or create) ``identity``'s log in ``audit_dir``, signed with its identity key."""
+    Path(audit_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    return AuditLog.open(
+        log_path(audit_dir, identity.name),
+        identity.name,
+        identity.signing,
+        log_origin(federation, identity.name),
+    )
+
+
+@lru_cache(maxsize=64)
+def _job_id(spec_text: str) -> str:
+    return JobSpec.from_toml(spec_text, "received job spec").id
+
+
+def _request(step: str, message: Message) -> Request | None:
+    """The protocol request a message carries, or ``None`` if it carries none."""
+    try:
+        return from_record(REQUESTS[Step(step)], message.content)
+    except (ValueError, KeyError, FedpropError):
+        return None
+
+
+def _signer_key(manifest: Manifest, name: str) -> Ed25519PublicKey:
+    entries = [*manifest.nodes, *([manifest.coordinator] if manifest.coordinator else [])]
+    for entry in entries:
+        if entry.name == name:
+            return entry.signing_key()
+    raise FedpropError(f"'{name}' is not in the federation manifest")
+
+
+class NodeAudit:
+    """A node's side: logs each message and its outcome, witnesses the coordinator."""
+
+    def __init__(self, log: AuditLog, manifest: Manifest) -> None:
+        self.log = log
+        self.manifest = manifest
+        self.coordinator = manifest.coordinator.name if manifest.coordinator else COORDINATOR
+        self._accepted: set[str] = set()
+
+    def handle(self, message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        """Log ``message``, let the ClientApp answer it, log the reply and sign a checkpoint."""
+        step = message.metadata.message_type
+        request = _request(step, message)
+        try:
+            job = _job_id(request.spec) if request is not None else None
+        except FedpropError:
+            job = None
+        refusal = None
+        with self.log.batch():  # one fsync for the receipt and the witnessed checkpoint
+            self.log.append(
+                EventKind.MESSAGE_RECEIVED,
+                job=job,
+                step=step,
+                detail=message_detail(message_bytes(message), self.coordinator, step),
+            )
+            try:
+                self._witness(message, job, step)
+            except FedpropError as exc:
+                refusal = error_reply(message, AUDIT_ERROR_CODE, self.log.party, str(exc))
+        reply = call_next(message, context) if refusal is None else refusal
+        with self.log.batch():
+            self._record_outcome(step, job, request, reply)
+        attach_checkpoint(reply, self.log.checkpoint())
+        self.log.append(
+            EventKind.MESSAGE_SENT,
+            job=job,
+            step=step,
+            detail=message_detail(message_bytes(reply), self.coordinator, step),
+        )
+        return reply
+
+    def _witness(self, message: Message, job: str | None, step: str) -> None:
+        note = attached_checkpoint(message)
+        if note is None or self.manifest.coordinator is None:
+            return
+        key = self.manifest.coordinator.signing_key()
+        self.log.witness(note, self.manifest.coordinator.name, key, job=job, step=step)
+
+    def _record_outcome(
+        self, step: str, job: str | None, request: Request | None, reply: Message
+    ) -> None:
+        if job is None:
+            return
+        if reply.has_error():
+            reason = (reply.error.reason or "")[:400]
+            if job in self._accepted:
+                self.log.append(
+                    EventKind.ERROR, job=job, step=step, detail=error_detail("step-failed", reason)
+                )
+            else:
+                self.log.append(
+                    EventKind.JOB_REFUSED, job=job, step=step, detail=decision_detail(reason)
+                )
+            return
+        if job not in self._accepted and request is not None:
+            spec = JobSpec.from_toml(request.spec, "received job spec")
+            rule = f"parties in pinned manifest; aggregation {spec.aggregation.value} allowed"
+            self.log.append(
+                EventKind.JOB_ACCEPTED, job=job, step=step, detail=decision_detail(rule)
+            )
+            self._accepted.add(job)
+        if step == Step.KEYS:
+            bundle = _reply_bundle(reply)
+            if bundle:
+                detail = key_ceremony_detail("job-key-made-and-sealed", bundle)
+                self.log.append(EventKind.KEY_CEREMONY, job=job, step=step, detail=detail)
+        if step == Step.RELEASE and isinstance(request, ReleaseRequest):
+            rule = (
+                "job release-model and node allow-model-release"
+                if request.kind == VectorKind.UPDATE
+                else "summed metrics of every party"
+            )
+            what = f"summed {request.kind}, round {request.round}"
+            self.log.append(
+                EventKind.RELEASE, job=job, step=step, detail=release_detail(what, rule)
+            )
+
+
+def _reply_bundle(reply: Message) -> bytes:
+    try:
+        return from_record(KeysReply, reply.content).bundle
+    except FedpropError:
+        return b""
+
+
+@lru_cache(maxsize=8)
+def _node_audit(audit_dir: Path, key_dir: Path, manifest_path: Path) -> NodeAudit:
+    """This process's audit of one node (its log stays open between messages)."""
+    manifest = Manifest.from_json(manifest_path.read_text(encoding="utf-8"))
+    identity = load_identity(key_dir)
+    return NodeAudit(open_party_log(audit_dir, identity, manifest.federation), manifest)
+
+
+NodePaths = Callable[[Context], tuple[str, Path, Path, Path]]
+
+
+def audit_mod(paths: NodePaths) -> Mod:
+    """A ClientApp mod logging every message of the node ``paths`` names.
+
+    ``paths(context)`` gives the node's party name, audit folder, key folder and
+    pinned manifest.
+    """
+
+    def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        party = "?"
+        try:
+            party, *where = paths(context)
+            audit = _node_audit(*where)
+        except (OSError, FedpropError) as exc:
+            reason = f"cannot open the node's audit log, refusing to answer: {exc}"
+            return error_reply(message, AUDIT_ERROR_CODE, party, reason)
+        return audit.handle(message, context, call_next)
+
+    return mod
+
+
+class CoordinatorAudit:
+    """The coordinator's side: logs what it pushes and pulls, witnesses the nodes."""
+
+    def __init__(self, log: AuditLog, manifest: Manifest, job: str) -> None:
+        self.log = log
+        self.manifest = manifest
+        self.job = job
+
+    def checkpoint(self) -> str:
+        """Sign the log as it stands, to travel with the next messages."""
+        return self.log.checkpoint()
+
+    def sent(self, party: str, message: Message) -> None:
+        """Record a message pushed to ``party``'s node."""
+        step = message.metadata.message_type
+        detail = message_detail(message_bytes(message), party, step)
+        self.log.append(EventKind.MESSAGE_SENT, job=self.job, step=step, detail=detail)
+
+    def received(self, party: str, message: Message) -> None:
+        """Record a reply from ``party``'s node and witness its checkpoint.
+
+        :class:`JobFailedError` if the checkpoint is missing or does not verify.
+        """
+        step = message.metadata.message_type
+        detail = message_detail(message_bytes(message), party, step)
+        self.log.append(EventKind.MESSAGE_RECEIVED, job=self.job, step=step, detail=detail)
+        if message.has_error():
+            return
+        note = attached_checkpoint(message)
+        if note is None:
+            raise JobFailedError(f"{step}: the reply of '{party}' carries no audit checkpoint")
+        try:
+            self.log.witness(
+                note, party, _signer_key(self.manifest, party), job=self.job, step=step
+            )
+        except FedpropError as exc:
+            raise JobFailedError(f"{step}: audit checkpoint of '{party}' refused: {exc}") from None
+
+
+def verify_logs(manifest: Manifest, paths: Sequence[Path]) -> AuditResult:
+    """Verify the logs at ``paths`` (``<party>.log`` each) against ``manifest``'s keys.
+
+    Every participant the manifest lists is expected to hand in its log; one it lists
+    without a log is a finding. :class:`FedpropError` for a log of a party it does not list.
+    """
+    entries = [*manifest.nodes, *([manifest.coordinator] if manifest.coordinator else [])]
+    keys = {e.name: e.signing_key() for e in entries}
+    logs = []
+    for path in paths:
+        party = Path(path).name.removesuffix(".log")
+        if party not in keys:
+            raise FedpropError(
+                f"{path}: '{party}' is not a participant of federation '{manifest.federation}'"
+            )
+        logs.append(PartyLog(party, Path(path), log_origin(manifest.federation, party)))
+    try:
+        return verify_federation(logs, keys)
+    except ValueError as exc:
+        raise FedpropError(str(exc)) from None
