@@ -93,7 +93,7 @@ def test_a_node_logs_the_message_witnesses_the_coordinator_and_signs_its_reply(
     note = attached_checkpoint(reply)
     assert note is not None
     checkpoint = verify_note(note, {"bank-a": manifest.node("bank-a").signing_key()})
-    assert checkpoint.size == 3  # everything before the reply's own send entry
+    assert checkpoint.size == 4  # every entry, the reply's own send included
 
 
 def test_a_forged_coordinator_checkpoint_is_refused_before_anything_runs(
@@ -159,5 +159,6 @@ def test_message_bytes_are_the_same_at_both_ends_and_differ_with_content(spec: J
         to_record(JobRequest(spec.text, b"k")), dst_node_id=7, message_type=Step.STATS.value
     )
     assert message_bytes(other) != message_bytes(request)
+    # The attached checkpoint is signed on its own, not part of the message's bytes.
     attach_checkpoint(twin, "note")
-    assert message_bytes(twin) != message_bytes(request)
+    assert message_bytes(twin) == message_bytes(request)

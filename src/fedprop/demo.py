@@ -60,6 +60,8 @@ class DemoConfig:
     data_dir: Path
     out_dir: Path
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Every party logs its messages; ``False`` only to measure what logging costs.
+    privacy_logs: bool = True
 
 
 def _ensure_split(cfg: DemoConfig, spec: JobSpec, console: Console) -> dict[str, Path]:
@@ -102,9 +104,8 @@ def _run_federation(
                 status=f"AUC {record.metrics.auc:.4f}  log loss {record.metrics.log_loss:.4f}",
             )
 
-        result = simulate(
-            spec, nodes, federation.manifest(), federation.coordinator(), progress=on_round
-        )
+        coordinator = federation.coordinator() if cfg.privacy_logs else None
+        result = simulate(spec, nodes, federation.manifest(), coordinator, progress=on_round)
     return result, federation
 
 
@@ -267,8 +268,9 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     result, federation = _run_federation(spec, cfg, dirs, console)
     fed_seconds = time.perf_counter() - fed_started
     comparison = _compare(spec, parties, result, console)
-    audit = _audit(federation)
-    comparison["checks"].append(audit.pop("check"))
+    audit = _audit(federation) if cfg.privacy_logs else {}
+    if audit:
+        comparison["checks"].append(audit.pop("check"))
     results: dict[str, Any] = {
         "job": {
             "id": spec.id,
@@ -305,12 +307,13 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     _write_json(cfg.out_dir / "results.json", results)
     report = write_report(results, cfg.out_dir)
     _print_summary(results, console)
-    audit_dir = Path(results["audit"]["logs"][0]).parent
-    console.print(
-        f"Privacy logs: {audit_dir} ({results['audit']['entries']} entries, verified in "
-        f"{results['audit']['verify_seconds']:.2f} s; check them yourself with "
-        f"fedprop audit verify {audit_dir}/*.log --manifest {audit_dir.parent}/manifest.json)"
-    )
+    if audit:
+        audit_dir = Path(audit["logs"][0]).parent
+        console.print(
+            f"Privacy logs: {audit_dir} ({audit['entries']} entries, verified in "
+            f"{audit['verify_seconds']:.2f} s; check them yourself with fedprop audit "
+            f"verify {audit_dir}/*.log --manifest {audit_dir.parent}/manifest.json)"
+        )
     console.print(f"Results: {cfg.out_dir / 'results.json'}\nReport:  {report}")
     console.print(f"Total time: {results['timing']['total_seconds']:.1f} s")
     return results

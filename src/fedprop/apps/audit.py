@@ -16,6 +16,7 @@ party's identity key):
   it opened for the coordinator (what, under which rule), ``error`` for a failed step.
 
 Cross-party evidence: every message carries its sender's latest signed checkpoint
+(renewed at most every :data:`CHECKPOINT_INTERVAL_SECONDS`; the log closes with one)
 (:data:`~fedprop.apps.records.AUDIT_RECORD`); the receiver checks the signature
 against its pinned manifest and records it as witnessed
 (:meth:`~fedprop.audit.AuditLog.witness`). A message whose checkpoint does not verify,
@@ -25,6 +26,8 @@ cannot write its log refuses the message: nothing is computed unlogged.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -73,6 +76,27 @@ __all__ = [
 AUDIT_ERROR_CODE = 4002
 #: Counterparty name of the coordinator when the manifest does not list one.
 COORDINATOR = "coordinator"
+#: A party signs a new checkpoint for its messages at most this often (and whenever its
+#: last one is older); messages in between carry the latest one. Every entry is still
+#: written and fsync'd before the message it records leaves.
+CHECKPOINT_INTERVAL_SECONDS = 1.0
+
+
+class _Checkpoints:
+    """The latest signed checkpoint of a log, renewed at most every interval."""
+
+    def __init__(self, log: AuditLog, interval: float = CHECKPOINT_INTERVAL_SECONDS) -> None:
+        self.log = log
+        self.interval = interval
+        self._note = ""
+        self._signed_at = -math.inf
+
+    def latest(self) -> str:
+        """A checkpoint no older than the interval."""
+        now = time.monotonic()
+        if now - self._signed_at >= self.interval:
+            self._note, self._signed_at = self.log.checkpoint(), now
+        return self._note
 
 
 def log_path(audit_dir: Path, party: str) -> Path:
@@ -124,18 +148,22 @@ class NodeAudit:
         self.log = log
         self.manifest = manifest
         self.coordinator = manifest.coordinator.name if manifest.coordinator else COORDINATOR
+        self.checkpoints = _Checkpoints(log)
         self._accepted: set[str] = set()
 
     def handle(self, message: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        """Log ``message``, let the ClientApp answer it, log the reply and sign a checkpoint."""
+        """Log ``message`` and, before it leaves, the ClientApp's reply; attach the latest
+        signed checkpoint to the reply."""
         step = message.metadata.message_type
         request = _request(step, message)
         try:
             job = _job_id(request.spec) if request is not None else None
         except FedpropError:
             job = None
-        refusal = None
-        with self.log.batch():  # one fsync for the receipt and the witnessed checkpoint
+        # One batch, made durable before the reply leaves. A crash before then loses the
+        # receipt too, and no reply was sent: the coordinator's record of sending is then
+        # an unanswered message, as for any node that failed.
+        with self.log.batch():
             self.log.append(
                 EventKind.MESSAGE_RECEIVED,
                 job=job,
@@ -145,17 +173,17 @@ class NodeAudit:
             try:
                 self._witness(message, job, step)
             except FedpropError as exc:
-                refusal = error_reply(message, AUDIT_ERROR_CODE, self.log.party, str(exc))
-        reply = call_next(message, context) if refusal is None else refusal
-        with self.log.batch():
+                reply = error_reply(message, AUDIT_ERROR_CODE, self.log.party, str(exc))
+            else:
+                reply = call_next(message, context)
             self._record_outcome(step, job, request, reply)
-        attach_checkpoint(reply, self.log.checkpoint())
-        self.log.append(
-            EventKind.MESSAGE_SENT,
-            job=job,
-            step=step,
-            detail=message_detail(message_bytes(reply), self.coordinator, step),
-        )
+            self.log.append(
+                EventKind.MESSAGE_SENT,
+                job=job,
+                step=step,
+                detail=message_detail(message_bytes(reply), self.coordinator, step),
+            )
+        attach_checkpoint(reply, self.checkpoints.latest())
         return reply
 
     def _witness(self, message: Message, job: str | None, step: str) -> None:
@@ -250,10 +278,11 @@ class CoordinatorAudit:
         self.log = log
         self.manifest = manifest
         self.job = job
+        self.checkpoints = _Checkpoints(log)
 
     def checkpoint(self) -> str:
-        """Sign the log as it stands, to travel with the next messages."""
-        return self.log.checkpoint()
+        """The latest signed checkpoint, to travel with the next messages."""
+        return self.checkpoints.latest()
 
     def sent(self, party: str, message: Message) -> None:
         """Record a message pushed to ``party``'s node."""

@@ -137,13 +137,17 @@ def _value_bytes(value: object) -> list[bytes]:
 
 def message_bytes(message: Message) -> bytes:
     """Canonical bytes of a message's content (or of its error): records by name, items by
-    key, each value with its type; the same at both ends of a message."""
+    key, each value with its type; the same at both ends of a message.
+
+    The attached checkpoint (:data:`AUDIT_RECORD`) is left out: it is signed on its own,
+    and leaving it out lets the sender log a message before signing the checkpoint that
+    travels with it, so that checkpoint covers the message's own entry."""
     if message.has_error():
         error = message.error
         reason = (error.reason or "").encode()
         return join_frames([_CANONICAL, b"error", str(error.code).encode(), reason])
     frames = [_CANONICAL]
-    for name in sorted(message.content):
+    for name in sorted(set(message.content) - {AUDIT_RECORD}):
         record = message.content[name]
         if not isinstance(record, ConfigRecord | ArrayRecord):
             raise FedpropError(f"message record '{name}' has an unsupported type")

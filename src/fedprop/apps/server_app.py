@@ -109,15 +109,16 @@ class GridTransport:
         carrying its latest signed checkpoint and each reply's checkpoint witnessed."""
         if self.audit is None:
             return self._send_and_receive(messages)
-        note = self.audit.checkpoint()
         unknown = []
-        with self.audit.log.batch():  # one fsync for the step's sends, before they leave
+        with self.audit.log.batch():
             for m in messages:
-                attach_checkpoint(m, note)
                 if m.metadata.dst_node_id in self._party_of:
                     self.audit.sent(self._party(m.metadata.dst_node_id), m)
                 else:
                     unknown.append(m)
+        note = self.audit.checkpoint()
+        for m in messages:
+            attach_checkpoint(m, note)
         replies = self._send_and_receive(messages)
         for r in replies:  # a first reply names the party behind a node id
             if not r.has_error() and r.metadata.src_node_id not in self._party_of:
