@@ -142,12 +142,12 @@ def test_the_coordinator_refuses_a_reply_without_a_valid_node_checkpoint(
     request = _request(spec, audit.checkpoint())
     reply = Message(to_record(ContributionReply("bank-a", b"p", b"s")), reply_to=request)
     with pytest.raises(JobFailedError, match="carries no audit checkpoint"):
-        audit.received("bank-a", reply)
+        audit.received("bank-a", reply, "train round 1")
     impostor = generate_identity("bank-a")
     with open_party_log(tmp_path / "impostor", impostor, "pilot") as forged_log:
         attach_checkpoint(reply, forged_log.checkpoint())
     with pytest.raises(JobFailedError, match="audit checkpoint of 'bank-a' refused"):
-        audit.received("bank-a", reply)
+        audit.received("bank-a", reply, "train round 1")
     assert log_path(tmp_path / "coordinator", "coordinator") == logs["coordinator"].path
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "log_origin",
     "log_path",
     "open_party_log",
+    "step_label",
     "verify_logs",
 ]
 
@@ -133,6 +134,12 @@ def _request(step: str, message: Message) -> Request | None:
         return None
 
 
+def step_label(message_type: str, request: Request | None) -> str:
+    """An entry's ``step``: the message type, and the protocol round where there is one."""
+    round_ = getattr(request, "round", None)
+    return message_type if round_ is None else f"{message_type} round {round_}"
+
+
 def _signer_key(manifest: Manifest, name: str) -> Ed25519PublicKey:
     entries = [*manifest.nodes, *([manifest.coordinator] if manifest.coordinator else [])]
     for entry in entries:
@@ -154,8 +161,9 @@ class NodeAudit:
     def handle(self, message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         """Log ``message`` and, before it leaves, the ClientApp's reply; attach the latest
         signed checkpoint to the reply."""
-        step = message.metadata.message_type
-        request = _request(step, message)
+        message_type = message.metadata.message_type
+        request = _request(message_type, message)
+        step = step_label(message_type, request)
         try:
             job = _job_id(request.spec) if request is not None else None
         except FedpropError:
@@ -168,7 +176,7 @@ class NodeAudit:
                 EventKind.MESSAGE_RECEIVED,
                 job=job,
                 step=step,
-                detail=message_detail(message_bytes(message), self.coordinator, step),
+                detail=message_detail(message_bytes(message), self.coordinator, message_type),
             )
             try:
                 self._witness(message, job, step)
@@ -176,12 +184,12 @@ class NodeAudit:
                 reply = error_reply(message, AUDIT_ERROR_CODE, self.log.party, str(exc))
             else:
                 reply = call_next(message, context)
-            self._record_outcome(step, job, request, reply)
+            self._record_outcome(message_type, step, job, request, reply)
             self.log.append(
                 EventKind.MESSAGE_SENT,
                 job=job,
                 step=step,
-                detail=message_detail(message_bytes(reply), self.coordinator, step),
+                detail=message_detail(message_bytes(reply), self.coordinator, message_type),
             )
         attach_checkpoint(reply, self.checkpoints.latest())
         return reply
@@ -194,7 +202,12 @@ class NodeAudit:
         self.log.witness(note, self.manifest.coordinator.name, key, job=job, step=step)
 
     def _record_outcome(
-        self, step: str, job: str | None, request: Request | None, reply: Message
+        self,
+        message_type: str,
+        step: str,
+        job: str | None,
+        request: Request | None,
+        reply: Message,
     ) -> None:
         if job is None:
             return
@@ -216,12 +229,12 @@ class NodeAudit:
                 EventKind.JOB_ACCEPTED, job=job, step=step, detail=decision_detail(rule)
             )
             self._accepted.add(job)
-        if step == Step.KEYS:
+        if message_type == Step.KEYS:
             bundle = _reply_bundle(reply)
             if bundle:
                 detail = key_ceremony_detail("job-key-made-and-sealed", bundle)
                 self.log.append(EventKind.KEY_CEREMONY, job=job, step=step, detail=detail)
-        if step == Step.RELEASE and isinstance(request, ReleaseRequest):
+        if message_type == Step.RELEASE and isinstance(request, ReleaseRequest):
             rule = (
                 "job release-model and node allow-model-release"
                 if request.kind == VectorKind.UPDATE
@@ -284,19 +297,17 @@ class CoordinatorAudit:
         """The latest signed checkpoint, to travel with the next messages."""
         return self.checkpoints.latest()
 
-    def sent(self, party: str, message: Message) -> None:
-        """Record a message pushed to ``party``'s node."""
-        step = message.metadata.message_type
-        detail = message_detail(message_bytes(message), party, step)
+    def sent(self, party: str, message: Message, step: str) -> None:
+        """Record a message pushed to ``party``'s node for ``step`` (:func:`step_label`)."""
+        detail = message_detail(message_bytes(message), party, message.metadata.message_type)
         self.log.append(EventKind.MESSAGE_SENT, job=self.job, step=step, detail=detail)
 
-    def received(self, party: str, message: Message) -> None:
-        """Record a reply from ``party``'s node and witness its checkpoint.
+    def received(self, party: str, message: Message, step: str) -> None:
+        """Record a reply from ``party``'s node for ``step`` and witness its checkpoint.
 
         :class:`JobFailedError` if the checkpoint is missing or does not verify.
         """
-        step = message.metadata.message_type
-        detail = message_detail(message_bytes(message), party, step)
+        detail = message_detail(message_bytes(message), party, message.metadata.message_type)
         self.log.append(EventKind.MESSAGE_RECEIVED, job=self.job, step=step, detail=detail)
         if message.has_error():
             return

@@ -16,7 +16,7 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
-from fedprop.apps.audit import CoordinatorAudit, open_party_log
+from fedprop.apps.audit import CoordinatorAudit, open_party_log, step_label
 from fedprop.apps.records import attach_checkpoint, error_party, from_record, to_record
 from fedprop.audit import AuditLog
 from fedprop.crypto.identity import Manifest, load_identity
@@ -104,7 +104,7 @@ class GridTransport:
     def _party(self, node_id: int) -> str:
         return self._party_of.get(node_id, f"node-{node_id}")
 
-    def _send_and_receive_logged(self, messages: list[Message]) -> list[Message]:
+    def _send_and_receive_logged(self, messages: list[Message], label: str) -> list[Message]:
         """Send and receive with every message on the coordinator's log, each request
         carrying its latest signed checkpoint and each reply's checkpoint witnessed."""
         if self.audit is None:
@@ -113,7 +113,7 @@ class GridTransport:
         with self.audit.log.batch():
             for m in messages:
                 if m.metadata.dst_node_id in self._party_of:
-                    self.audit.sent(self._party(m.metadata.dst_node_id), m)
+                    self.audit.sent(self._party(m.metadata.dst_node_id), m, label)
                 else:
                     unknown.append(m)
         note = self.audit.checkpoint()
@@ -141,9 +141,9 @@ class GridTransport:
 
         with self.audit.log.batch():
             for m in unknown:
-                self.audit.sent(name_of(m.metadata.dst_node_id), m)
+                self.audit.sent(name_of(m.metadata.dst_node_id), m, label)
             for r in replies:
-                self.audit.received(name_of(r.metadata.src_node_id), r)
+                self.audit.received(name_of(r.metadata.src_node_id), r, label)
         return replies
 
     def broadcast(
@@ -162,7 +162,7 @@ class GridTransport:
             )
             for node_id in node_ids
         ]
-        replies = self._send_and_receive_logged(messages)
+        replies = self._send_and_receive_logged(messages, step_label(step.value, request))
         errors = [
             f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()
         ]
