@@ -126,6 +126,19 @@ def _cmd_audit_report(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from fedprop.certs import make_pilot_certs
+
+    certs = make_pilot_certs(args.out, args.host, days=args.days)
+    print(f"pilot CA and coordinator certificate for {', '.join(args.host)} in {certs.folder}")
+    print(f"give {certs.ca_cert} to every node (--root-certificates); keep ca.key offline")
+    print(
+        f"coordinator: flower-superlink --ssl-ca-certfile {certs.ca_cert} "
+        f"--ssl-certfile {certs.server_cert} --ssl-keyfile {certs.server_key}"
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedprop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +185,16 @@ def _parser() -> argparse.ArgumentParser:
     manifest.add_argument("--out", type=Path, required=True, help="manifest file to write")
     manifest.add_argument("--overwrite", action="store_true", help="replace an existing file")
     manifest.set_defaults(func=_cmd_manifest)
+
+    certs = sub.add_parser(
+        "certs", help="a private CA and a coordinator certificate, for tests and pilots only"
+    )
+    certs.add_argument("--out", type=Path, required=True, help="new folder for the files")
+    certs.add_argument(
+        "--host", action="append", required=True, help="host name or IP of the coordinator"
+    )
+    certs.add_argument("--days", type=int, default=90, help="validity (default 90)")
+    certs.set_defaults(func=_cmd_certs)
 
     audit = sub.add_parser("audit", help="verify parties' privacy logs, offline").add_subparsers(
         dest="audit_command", required=True
