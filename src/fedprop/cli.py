@@ -70,6 +70,23 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_node_check(args: argparse.Namespace) -> int:
+    from flwr.common.config import parse_config_args
+
+    from fedprop.node_check import check_node
+    from fedprop.spec import JobSpec
+
+    checks = check_node(
+        parse_config_args([args.node_config]),
+        JobSpec.load(args.spec),
+        superlink=args.superlink,
+        root_certificates=args.root_certificates,
+    )
+    for check in checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def _cmd_manifest(args: argparse.Namespace) -> int:
     from fedprop.crypto.identity import Manifest, NodePublicKeys
 
@@ -172,6 +189,16 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--name", required=True, help="this node's party name, e.g. bank-a")
     keygen.add_argument("--out", type=Path, required=True, help="new key folder")
     keygen.set_defaults(func=_cmd_keygen)
+    check = node.add_parser(
+        "check", help="say what is wrong with this node's set-up, without starting anything"
+    )
+    check.add_argument(
+        "--node-config", required=True, help="the string given to the SuperNode's --node-config"
+    )
+    check.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="job spec to check data")
+    check.add_argument("--superlink", help="coordinator address host:port to try")
+    check.add_argument("--root-certificates", type=Path, help="CA certificate to trust")
+    check.set_defaults(func=_cmd_node_check)
 
     federation = sub.add_parser("federation", help="the federation's membership").add_subparsers(
         dest="federation_command", required=True
