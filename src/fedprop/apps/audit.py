@@ -56,6 +56,7 @@ from fedprop.audit import (
     verify_federation,
 )
 from fedprop.crypto.identity import Manifest, NodeIdentity, load_identity
+from fedprop.crypto.params import IDENTITY_DIR_MODE
 from fedprop.errors import FedpropError, JobFailedError
 from fedprop.protocols.hfl import REQUESTS, KeysReply, ReleaseRequest, Request, Step
 from fedprop.protocols.secure_sum import VectorKind
@@ -112,7 +113,7 @@ def log_origin(federation: str, party: str) -> str:
 
 def open_party_log(audit_dir: Path, identity: NodeIdentity, federation: str) -> AuditLog:
     """Open (or create) ``identity``'s log in ``audit_dir``, signed with its identity key."""
-    Path(audit_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    Path(audit_dir).mkdir(parents=True, exist_ok=True, mode=IDENTITY_DIR_MODE)
     return AuditLog.open(
         log_path(audit_dir, identity.name),
         identity.name,
