@@ -89,6 +89,7 @@ def _cmd_node_check(args: argparse.Namespace) -> int:
 
 def _cmd_manifest(args: argparse.Namespace) -> int:
     from fedprop.crypto.identity import Manifest, NodePublicKeys
+    from fedprop.files import write_text_atomic
 
     def read(path: Path) -> NodePublicKeys:
         try:
@@ -104,9 +105,7 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise FedpropError(f"{args.out} exists; pass --overwrite to replace it")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    staging = args.out.with_name(f".{args.out.name}.tmp")
-    staging.write_text(manifest.to_json(), encoding="utf-8")
-    staging.replace(args.out)
+    write_text_atomic(args.out, manifest.to_json())
     for node in nodes:
         print(f"node {node.name}: {node.fingerprint()}")
     if coordinator is not None:

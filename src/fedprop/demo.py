@@ -11,8 +11,6 @@ HTML report.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from fedprop.data.loader import PartyData, load_party
 from fedprop.data.split import split_bank_marketing
 from fedprop.errors import FedpropError
 from fedprop.federation import COORDINATOR_NAME, LocalFederation, local_federation
+from fedprop.files import write_text_atomic
 from fedprop.models.baselines import TrainedModel, federated_model, train_on
 from fedprop.models.metrics import GlobalMetrics, ScoreHistogram, gains_points, roc_points
 from fedprop.protocols.hfl import HflResult, RoundRecord
@@ -221,14 +220,7 @@ def _audit(federation: LocalFederation) -> dict[str, Any]:
 
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(payload, indent=2), mode=0o600)
 
 
 def _print_summary(results: Mapping[str, Any], console: Console) -> None:

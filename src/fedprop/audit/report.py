@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 
 from fedprop.audit.crosscheck import AuditResult
 from fedprop.audit.log import DetailKey, Entry, EventKind
+from fedprop.files import write_text_atomic
 
 __all__ = ["HTML_FILE", "JSON_FILE", "REPORT_FORMAT", "build_report", "render_html", "write_report"]
 
@@ -373,26 +373,12 @@ def render_html(report: Mapping[str, Any]) -> str:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(result: AuditResult, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write :data:`JSON_FILE` and :data:`HTML_FILE` to ``out_dir``; return their paths."""
     report = build_report(result)
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     json_path, html_path = directory / JSON_FILE, directory / HTML_FILE
-    _write_atomic(json_path, json.dumps(report, indent=1, sort_keys=True) + "\n")
-    _write_atomic(html_path, render_html(report))
+    write_text_atomic(json_path, json.dumps(report, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(html_path, render_html(report))
     return json_path, html_path

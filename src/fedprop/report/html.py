@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import base64
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +23,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from fedprop.files import write_text_atomic
 from fedprop.report.plots import (
     ReportDataError,
     calibration_png,
@@ -694,15 +693,5 @@ def write_report(results: Mapping[str, Any], out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{REPORT_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(page)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, page)
     return path
