@@ -44,6 +44,7 @@ from fedprop.audit.verify import (
     LogReport,
     Rule,
     Severity,
+    Verdict,
     _audit_log,
     _Audited,
     _Findings,
@@ -70,7 +71,7 @@ class PartyLog:
 
 
 @dataclass(frozen=True)
-class AuditResult:
+class AuditResult(Verdict):
     """The audit of a federation's logs.
 
     ``logs`` has one report per party whose log was given (in the order given);
@@ -81,21 +82,6 @@ class AuditResult:
     logs: tuple[LogReport, ...]
     findings: tuple[Finding, ...]
     entries: Mapping[str, tuple[Entry, ...]]
-
-    @property
-    def ok(self) -> bool:
-        """True only when no finding is an error."""
-        return not self.errors
-
-    @property
-    def errors(self) -> tuple[Finding, ...]:
-        """The findings that fail the audit."""
-        return tuple(f for f in self.findings if f.severity is Severity.ERROR)
-
-    @property
-    def warnings(self) -> tuple[Finding, ...]:
-        """The findings that do not fail the audit."""
-        return tuple(f for f in self.findings if f.severity is Severity.WARNING)
 
     def summary(self) -> str:
         """A short text report: verdict line, one line per party, one per finding."""

@@ -65,6 +65,7 @@ __all__ = [
     "LogReport",
     "Rule",
     "Severity",
+    "Verdict",
     "sorted_findings",
     "verify_log",
 ]
@@ -204,19 +205,9 @@ def sorted_findings(findings: Sequence[Finding]) -> tuple[Finding, ...]:
     return tuple(sorted(findings, key=Finding.sort_key))
 
 
-@dataclass(frozen=True)
-class LogReport:
-    """The result of auditing one party's log.
+class Verdict:
+    """What an audit's findings add up to (for results that hold ``findings``)."""
 
-    ``checkpointed`` is the number of entries covered by the largest checkpoint that
-    matches the log.
-    """
-
-    party: str
-    origin: str
-    entries: int
-    checkpoints: int
-    checkpointed: int
     findings: tuple[Finding, ...]
 
     @property
@@ -233,6 +224,22 @@ class LogReport:
     def warnings(self) -> tuple[Finding, ...]:
         """The findings that do not fail the audit."""
         return tuple(f for f in self.findings if f.severity is Severity.WARNING)
+
+
+@dataclass(frozen=True)
+class LogReport(Verdict):
+    """The result of auditing one party's log.
+
+    ``checkpointed`` is the number of entries covered by the largest checkpoint that
+    matches the log.
+    """
+
+    party: str
+    origin: str
+    entries: int
+    checkpoints: int
+    checkpointed: int
+    findings: tuple[Finding, ...]
 
     def summary(self) -> str:
         """A short text report: verdict line, then one line per finding."""
