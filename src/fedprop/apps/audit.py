@@ -142,8 +142,7 @@ def step_label(message_type: str, request: Request | None) -> str:
 
 
 def _signer_key(manifest: Manifest, name: str) -> Ed25519PublicKey:
-    entries = [*manifest.nodes, *([manifest.coordinator] if manifest.coordinator else [])]
-    for entry in entries:
+    for entry in manifest.participants:
         if entry.name == name:
             return entry.signing_key()
     raise FedpropError(f"'{name}' is not in the federation manifest")
@@ -329,8 +328,7 @@ def verify_logs(manifest: Manifest, paths: Sequence[Path]) -> AuditResult:
     Every participant the manifest lists is expected to hand in its log; one it lists
     without a log is a finding. :class:`FedpropError` for a log of a party it does not list.
     """
-    entries = [*manifest.nodes, *([manifest.coordinator] if manifest.coordinator else [])]
-    keys = {e.name: e.signing_key() for e in entries}
+    keys = {e.name: e.signing_key() for e in manifest.participants}
     logs = []
     for path in paths:
         party = Path(path).name.removesuffix(".log")

@@ -578,9 +578,8 @@ class Manifest:
 
     def __post_init__(self) -> None:
         _check_name(self.federation, "federation name", ManifestError)
-        nodes = tuple(self.nodes)
-        object.__setattr__(self, "nodes", nodes)
-        entries = [*nodes, *([self.coordinator] if self.coordinator is not None else [])]
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+        entries = self.participants
         if any(not isinstance(e, NodePublicKeys) for e in entries):
             raise ManifestError("manifest entries must be NodePublicKeys")
         names = [e.name for e in entries]
@@ -590,6 +589,11 @@ class Manifest:
         keys = [k for e in entries for k in (e.signing, e.sealing)]
         if len(set(keys)) != len(keys):
             raise ManifestError("two manifest entries share a public key")
+
+    @property
+    def participants(self) -> tuple[NodePublicKeys, ...]:
+        """Every node, then the coordinator where the manifest lists one."""
+        return (*self.nodes, *((self.coordinator,) if self.coordinator is not None else ()))
 
     def node(self, name: str) -> NodePublicKeys:
         """The public keys of node ``name``; :class:`ManifestError` if it is not listed."""
