@@ -104,11 +104,11 @@ class GridTransport:
     def _party(self, node_id: int) -> str:
         return self._party_of.get(node_id, f"node-{node_id}")
 
-    def _send_and_receive_logged(self, messages: list[Message], label: str) -> list[Message]:
-        """Send and receive with every message on the coordinator's log, each request
-        carrying its latest signed checkpoint and each reply's checkpoint witnessed."""
+    def _log_sends(self, messages: list[Message], label: str) -> list[Message]:
+        """Log each message to a known node, then attach the latest signed checkpoint to
+        every message; return those to nodes not known yet (logged once they answer)."""
         if self.audit is None:
-            return self._send_and_receive(messages)
+            return []
         unknown = []
         with self.audit.log.batch():
             for m in messages:
@@ -119,38 +119,46 @@ class GridTransport:
         note = self.audit.checkpoint()
         for m in messages:
             attach_checkpoint(m, note)
-        replies = self._send_and_receive(messages)
-        for r in replies:  # a first reply names the party behind a node id
-            if not r.has_error() and r.metadata.src_node_id not in self._party_of:
-                try:
-                    reply = from_record(REPLIES[Step(r.metadata.message_type)], r.content)
-                except (ValueError, FedpropError):
-                    continue  # reported when the replies are read
-                if reply.party in self.parties:
-                    self._party_of[r.metadata.src_node_id] = reply.party
-        # A node that refused its first request is known only by the name its error gives.
-        claimed = {
-            r.metadata.src_node_id: party
-            for r in replies
-            if (party := error_party(r)) in self.parties
-            and r.metadata.src_node_id not in self._party_of
-        }
+        return unknown
+
+    def _log_receipts(
+        self,
+        unknown: list[Message],
+        replies: list[Message],
+        decoded: Mapping[int, Reply],
+        label: str,
+    ) -> None:
+        """Log the sends to nodes that just named themselves, and every reply (witnessing
+        its checkpoint)."""
+        if self.audit is None:
+            return
 
         def name_of(node_id: int) -> str:
-            return claimed.get(node_id) or self._party(node_id)
+            if node_id not in self._party_of:
+                reply = decoded.get(node_id)
+                if reply is not None and reply.party in self.parties:
+                    return reply.party
+                # A node that refused its first request names itself only in its error.
+                claimed = next(
+                    (error_party(r) for r in replies if r.metadata.src_node_id == node_id), None
+                )
+                if claimed in self.parties:
+                    return str(claimed)
+            return self._party(node_id)
 
         with self.audit.log.batch():
             for m in unknown:
                 self.audit.sent(name_of(m.metadata.dst_node_id), m, label)
             for r in replies:
                 self.audit.received(name_of(r.metadata.src_node_id), r, label)
-        return replies
 
     def broadcast(
         self, step: Step, request: Request, to: Sequence[str] | None = None
     ) -> Mapping[str, Reply]:
         """Send ``request`` to the nodes of the parties ``to`` (default: every node);
-        return each party's reply."""
+        return each party's reply. With an audit, every message is on the coordinator's
+        log, each request carries its latest signed checkpoint and each reply's checkpoint
+        is witnessed."""
         node_ids = self._node_ids() if to is None else self._node_ids_of(to)
         self._round += 1
         messages = [
@@ -162,7 +170,18 @@ class GridTransport:
             )
             for node_id in node_ids
         ]
-        replies = self._send_and_receive_logged(messages, step_label(step.value, request))
+        label = step_label(step.value, request)
+        unknown = self._log_sends(messages, label)
+        replies = self._send_and_receive(messages)
+        decoded: dict[int, Reply] = {}
+        undecodable: dict[int, str] = {}
+        for r in replies:
+            if not r.has_error():
+                try:
+                    decoded[r.metadata.src_node_id] = from_record(REPLIES[step], r.content)
+                except FedpropError as exc:
+                    undecodable[r.metadata.src_node_id] = str(exc)
+        self._log_receipts(unknown, replies, decoded, label)
         errors = [
             f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()
         ]
@@ -177,13 +196,13 @@ class GridTransport:
             )
         by_party: dict[str, Reply] = {}
         for r in replies:
-            try:
-                reply = from_record(REPLIES[step], r.content)
-            except FedpropError as exc:
-                raise JobFailedError(f"node {r.metadata.src_node_id}: {exc}") from None
+            node_id = r.metadata.src_node_id
+            if node_id in undecodable:
+                raise JobFailedError(f"node {node_id}: {undecodable[node_id]}")
+            reply = decoded[node_id]
             if reply.party in by_party:
                 raise JobFailedError(f"two nodes answered as party '{reply.party}'")
-            self._party_of[r.metadata.src_node_id] = reply.party
+            self._party_of[node_id] = reply.party
             by_party[reply.party] = reply
         return by_party
 
