@@ -123,8 +123,9 @@ def open_party_log(audit_dir: Path, identity: NodeIdentity, federation: str) -> 
 
 
 @lru_cache(maxsize=64)
-def _job_id(spec_text: str) -> str:
-    return JobSpec.from_toml(spec_text, "received job spec").id
+def _spec(spec_text: str) -> JobSpec:
+    """A received job spec, parsed once per process."""
+    return JobSpec.from_toml(spec_text, "received job spec")
 
 
 def _request(step: str, message: Message) -> Request | None:
@@ -165,7 +166,7 @@ class NodeAudit:
         request = _request(message_type, message)
         step = step_label(message_type, request)
         try:
-            job = _job_id(request.spec) if request is not None else None
+            job = _spec(request.spec).id if request is not None else None
         except FedpropError:
             job = None
         # One batch, made durable before the reply leaves. A crash before then loses the
@@ -223,7 +224,7 @@ class NodeAudit:
                 )
             return
         if job not in self._accepted and request is not None:
-            spec = JobSpec.from_toml(request.spec, "received job spec")
+            spec = _spec(request.spec)
             rule = f"parties in pinned manifest; aggregation {spec.aggregation.value} allowed"
             self.log.append(
                 EventKind.JOB_ACCEPTED, job=job, step=step, detail=decision_detail(rule)
