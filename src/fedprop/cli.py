@@ -7,15 +7,17 @@ nothing half-written is left behind.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedprop.errors import FedpropError
+from fedprop.errors import FedpropError, JobFailedError
 
 if TYPE_CHECKING:
     from fedprop.audit import AuditResult
+    from fedprop.deploy import CoordinatorSetup, NodeLaunch
 
 __all__ = ["main"]
 
@@ -61,11 +63,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from fedprop.crypto.identity import PUBLIC_FILE, generate_identity, save_identity
+    from fedprop.deploy import make_node_auth_key
 
     identity = generate_identity(args.name)
     save_identity(identity, args.out)
+    auth_public = make_node_auth_key(args.out)
     print(f"{args.name}: identity keys written to {args.out} (owner-only permissions)")
     print(f"send {args.out / PUBLIC_FILE} to whoever assembles the federation manifest")
+    print(f"send {auth_public} to the coordinator, who registers it with the SuperLink")
     print(f"fingerprint (compare it out of band): {identity.public.fingerprint()}")
     return 0
 
@@ -85,6 +90,69 @@ def _cmd_node_check(args: argparse.Namespace) -> int:
     for check in checks:
         print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     return 0 if all(c.ok for c in checks) else 1
+
+
+def _node_launch(args: argparse.Namespace) -> NodeLaunch:
+    from flwr.common.config import parse_config_args
+
+    from fedprop.deploy import NodeLaunch
+
+    return NodeLaunch(
+        node_config=parse_config_args([args.node_config]),
+        superlink=args.superlink,
+        root_certificates=args.root_certificates,
+        flwr_home=args.flwr_home,
+        runtime_port=args.runtime_port,
+        poll_interval=args.poll_interval,
+    )
+
+
+def _cmd_node_start(args: argparse.Namespace) -> int:
+    from fedprop.deploy import start_node
+    from fedprop.spec import JobSpec
+
+    start_node(_node_launch(args), JobSpec.load(args.spec) if args.spec else None)
+
+
+def _coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
+    from fedprop.deploy import CoordinatorSetup
+
+    return CoordinatorSetup(certs=args.certs, state=args.state, host=args.host, port=args.port)
+
+
+def _cmd_coordinator_start(args: argparse.Namespace) -> int:
+    from fedprop.deploy import start_coordinator
+
+    start_coordinator(_coordinator_setup(args))
+
+
+def _cmd_coordinator_register(args: argparse.Namespace) -> int:
+    from fedprop.deploy import register_node
+
+    node_id = register_node(args.state / "flwr", args.public_key, args.name)
+    print(f"node '{args.name}' registered (Flower node id {node_id})")
+    return 0
+
+
+def _cmd_coordinator_submit(args: argparse.Namespace) -> int:
+    from fedprop.apps.server_app import RESULT_FILE
+    from fedprop.deploy import submit_job
+
+    paths = {
+        "job-spec": args.job,
+        "manifest": args.manifest,
+        "coordinator-key-dir": args.key_dir,
+        "audit-dir": args.audit_dir,
+        "results-dir": args.results,
+    }
+    run_config = {key: str(Path(value).resolve()) for key, value in paths.items()}
+    outcome = submit_job(args.state / "flwr", args.app_dir, run_config, timeout=args.timeout)
+    print(f"run {outcome.run_id}: {outcome.status} after {outcome.seconds:.1f} s")
+    if not outcome.completed:
+        raise JobFailedError(outcome.details or outcome.status)
+    result = json.loads((args.results / RESULT_FILE).read_text(encoding="utf-8"))
+    print(f"global AUC {result['final']['auc']:.4f}; result: {args.results / RESULT_FILE}")
+    return 0
 
 
 def _cmd_manifest(args: argparse.Namespace) -> int:
@@ -198,6 +266,46 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--superlink", help="coordinator address host:port to try")
     check.add_argument("--root-certificates", type=Path, help="CA certificate to trust")
     check.set_defaults(func=_cmd_node_check)
+    start = node.add_parser("start", help="check this node's set-up, then start its SuperNode")
+    start.add_argument(
+        "--node-config", required=True, help="party, data-dir, key-dir, manifest, audit-dir, ..."
+    )
+    start.add_argument("--superlink", required=True, help="coordinator address host:port")
+    start.add_argument(
+        "--root-certificates", type=Path, required=True, help="CA certificate to trust"
+    )
+    start.add_argument("--spec", type=Path, help="also check the data against this job spec")
+    start.add_argument("--flwr-home", type=Path, default=Path("flwr-node"), help="Flower's home")
+    start.add_argument("--runtime-port", type=int, default=9094, help="local Runtime API port")
+    start.add_argument(
+        "--poll-interval", type=float, default=0.25, help="seconds between polls when idle"
+    )
+    start.set_defaults(func=_cmd_node_start)
+
+    coordinator = sub.add_parser(
+        "coordinator", help="the data team's SuperLink and jobs"
+    ).add_subparsers(dest="coordinator_command", required=True)
+    start = coordinator.add_parser("start", help="check the set-up, then start the SuperLink")
+    start.add_argument("--certs", type=Path, required=True, help="ca.crt, server.crt, server.key")
+    start.add_argument("--state", type=Path, required=True, help="state database and logs folder")
+    start.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    start.add_argument("--port", type=int, default=9093, help="port to listen on")
+    start.set_defaults(func=_cmd_coordinator_start)
+    register = coordinator.add_parser("register", help="admit a node's authentication key")
+    register.add_argument("public_key", type=Path, help="the node's node-auth.pub")
+    register.add_argument("--name", required=True, help="the node's party name")
+    register.add_argument("--state", type=Path, required=True, help="the coordinator's state")
+    register.set_defaults(func=_cmd_coordinator_register)
+    submit = coordinator.add_parser("submit", help="run a job on the SuperLink; wait for it")
+    submit.add_argument("--job", type=Path, default=DEFAULT_SPEC, help="job spec (TOML)")
+    submit.add_argument("--manifest", type=Path, required=True, help="federation manifest")
+    submit.add_argument("--key-dir", type=Path, required=True, help="coordinator's identity")
+    submit.add_argument("--audit-dir", type=Path, required=True, help="coordinator's log folder")
+    submit.add_argument("--results", type=Path, required=True, help="folder for result.json")
+    submit.add_argument("--state", type=Path, required=True, help="the coordinator's state")
+    submit.add_argument("--app-dir", type=Path, default=Path("."), help="the fedprop app")
+    submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
+    submit.set_defaults(func=_cmd_coordinator_submit)
 
     federation = sub.add_parser("federation", help="the federation's membership").add_subparsers(
         dest="federation_command", required=True

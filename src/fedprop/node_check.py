@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from fedprop.data.loader import load_party
 from fedprop.errors import FedpropError
 from fedprop.spec import JobSpec
 
-__all__ = ["CONNECT_TIMEOUT_SECONDS", "Check", "check_node"]
+__all__ = ["CONNECT_TIMEOUT_SECONDS", "Check", "check_node", "failures"]
 
 #: How long to wait for the coordinator to accept a connection.
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -116,9 +116,15 @@ def _coordinator(address: str, root_certificates: Path | None) -> Check:
         return Check("coordinator", False, f"{address}: cannot connect: {exc}")
 
 
+def failures(checks: Sequence[Check]) -> str | None:
+    """The failed checks in one line, or None if all passed."""
+    bad = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
+    return "; ".join(bad) if bad else None
+
+
 def check_node(
     node_config: Mapping[str, object],
-    spec: JobSpec,
+    spec: JobSpec | None,
     *,
     superlink: str | None = None,
     root_certificates: Path | None = None,
@@ -135,7 +141,8 @@ def check_node(
     checks += [identity_check, manifest_check]
     if manifest is not None:
         checks.append(_audit_log(config, identity, manifest))
-    checks.append(_data(config, spec))
+    if spec is not None:
+        checks.append(_data(config, spec))
     if superlink is not None:
         checks.append(_coordinator(superlink, root_certificates))
     return checks

@@ -8,12 +8,14 @@ reply turned into a :class:`JobFailedError` that names the party.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import Context, Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
 from fedprop.apps.audit import CoordinatorAudit, open_party_log, step_label
@@ -21,6 +23,7 @@ from fedprop.apps.records import attach_checkpoint, error_party, from_record, to
 from fedprop.audit import AuditLog
 from fedprop.crypto.identity import Manifest, load_identity
 from fedprop.errors import FedpropError, JobFailedError
+from fedprop.files import write_text_atomic
 from fedprop.protocols.hfl import (
     REPLIES,
     HflResult,
@@ -32,7 +35,14 @@ from fedprop.protocols.hfl import (
 )
 from fedprop.spec import JobSpec
 
-__all__ = ["CoordinatorConfig", "GridTransport", "app", "build_server_app"]
+__all__ = [
+    "RESULT_FILE",
+    "CoordinatorConfig",
+    "GridTransport",
+    "app",
+    "build_server_app",
+    "write_result",
+]
 
 #: Seconds to wait for every party's node to connect before a job starts.
 NODE_WAIT_SECONDS = 120.0
@@ -159,7 +169,11 @@ class GridTransport:
         return each party's reply. With an audit, every message is on the coordinator's
         log, each request carries its latest signed checkpoint and each reply's checkpoint
         is witnessed."""
-        node_ids = self._node_ids() if to is None else self._node_ids_of(to)
+        discovering = to is None and set(self._party_of.values()) != set(self.parties)
+        if discovering:
+            node_ids = self._node_ids()
+        else:
+            node_ids = self._node_ids_of(self.parties if to is None else to)
         self._round += 1
         messages = [
             Message(
@@ -182,8 +196,20 @@ class GridTransport:
                 except FedpropError as exc:
                     undecodable[r.metadata.src_node_id] = str(exc)
         self._log_receipts(unknown, replies, decoded, label)
+        if discovering:
+            # Until every party has answered once, the step goes to every connected node;
+            # a node the SuperLink reports gone (a stale entry after a restart) is no party.
+            gone = {
+                r.metadata.src_node_id
+                for r in replies
+                if r.has_error() and r.error.code == ErrorCode.NODE_UNAVAILABLE
+            }
+            replies = [r for r in replies if r.metadata.src_node_id not in gone]
+            node_ids = [n for n in node_ids if n not in gone]
         errors = [
-            f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()
+            f"{self._party(r.metadata.src_node_id)}: {r.error.reason}"
+            for r in replies
+            if r.has_error()
         ]
         if errors:
             raise JobFailedError(f"{step.value} failed: " + "; ".join(errors))
@@ -204,6 +230,9 @@ class GridTransport:
                 raise JobFailedError(f"two nodes answered as party '{reply.party}'")
             self._party_of[node_id] = reply.party
             by_party[reply.party] = reply
+        missing = [p for p in (to or self.parties) if p not in by_party]
+        if missing:
+            raise JobFailedError(f"{step.value}: no node answered as {', '.join(missing)}")
         return by_party
 
 
@@ -223,7 +252,9 @@ def build_server_app(
 
     The run config names them as ``job-spec`` and ``manifest`` (paths), and the
     coordinator's identity and log folder as ``coordinator-key-dir`` and
-    ``audit-dir`` unless ``coordinator`` is given. ``audit=False`` exists only to
+    ``audit-dir`` unless ``coordinator`` is given; with ``results-dir``, the result
+    is also written there (:func:`write_result`); ``step-timeout`` bounds the wait for
+    every node's reply to a step (seconds). ``audit=False`` exists only to
     measure what logging costs.
     """
     server_app = ServerApp()
@@ -233,8 +264,10 @@ def build_server_app(
         config = context.run_config
         job = spec or JobSpec.load(Path(str(_run_config(config, "job-spec"))))
         federation = manifest or _load_manifest(Path(str(_run_config(config, "manifest"))))
+        timeout = float(str(config.get("step-timeout", STEP_TIMEOUT_SECONDS)))
         if not audit:
-            result = run_hfl(job, GridTransport(grid, job.parties, audit=None), federation)
+            transport = GridTransport(grid, job.parties, audit=None, step_timeout=timeout)
+            result = run_hfl(job, transport, federation)
         else:
             where = coordinator or CoordinatorConfig(
                 Path(str(_run_config(config, "coordinator-key-dir"))),
@@ -242,13 +275,41 @@ def build_server_app(
             )
             with where.open_log(federation) as log:
                 transport = GridTransport(
-                    grid, job.parties, audit=CoordinatorAudit(log, federation, job.id)
+                    grid,
+                    job.parties,
+                    audit=CoordinatorAudit(log, federation, job.id),
+                    step_timeout=timeout,
                 )
                 result = run_hfl(job, transport, federation, progress=progress)
+        if "results-dir" in config:
+            write_result(result, Path(str(config["results-dir"])))
         if on_result is not None:
             on_result(result)
 
     return server_app
+
+
+#: The result file a deployed job writes into its ``results-dir``.
+RESULT_FILE = "result.json"
+
+
+def write_result(result: HflResult, folder: Path) -> Path:
+    """Write what the coordinator learned (per-round and final global metrics, timing,
+    and the final model if every node released it) to ``folder/result.json``."""
+    payload = {
+        "job": result.spec.id,
+        "seconds": result.seconds,
+        "final": result.final.to_dict(),
+        "rounds": [
+            {"round": r.round, "seconds": r.seconds, "auc": r.metrics.auc, "ks": r.metrics.ks}
+            for r in result.rounds
+        ],
+        "weights": None if result.weights is None else [float(w) for w in result.weights],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RESULT_FILE
+    write_text_atomic(path, json.dumps(payload, indent=2), mode=0o600)
+    return path
 
 
 @dataclass(frozen=True)
