@@ -13,15 +13,27 @@ from types import MappingProxyType
 from typing import Final
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "ALLOWED_PAILLIER_BITS",
+    "CHANNEL_AD_LABEL",
+    "CHANNEL_AEAD_KEY_BYTES",
+    "CHANNEL_AEAD_NONCE_BYTES",
+    "CHANNEL_HKDF_HASH",
+    "CHANNEL_HKDF_INFO_LABEL",
+    "CHANNEL_MAX_BYTES",
+    "CHANNEL_MAX_MESSAGES",
+    "CHANNEL_MAX_PAYLOAD_BYTES",
+    "CHANNEL_SIGNATURE_LABEL",
+    "CHANNEL_TRANSCRIPT_LABEL",
     "DEFAULT_FRAC_BITS",
     "DEFAULT_PAILLIER_BITS",
     "IDENTITY_DIR_MODE",
     "IDENTITY_FILE_MODE",
     "MAX_SEALED_SECRET_BYTES",
     "MIN_PAILLIER_BITS",
+    "NODE_AUTH_CURVE",
     "PRIME_TEST_ROUNDS",
     "RANDOMNESS_EXPONENT_BITS",
     "SEAL_AD_LABEL",
@@ -118,3 +130,50 @@ IDENTITY_DIR_MODE: Final = 0o700
 
 #: Each private key file: owner read/write only; load refuses files others can read.
 IDENTITY_FILE_MODE: Final = 0o600
+
+#: Curve of a node's Flower node-authentication key (the SuperLink admits only registered
+#: keys): NIST P-384, 192-bit security, the curve Flower's own guide uses.
+NODE_AUTH_CURVE: Final = ec.SECP384R1
+
+# --- end-to-end channel between two parties ---------------------------------------------
+
+#: Prefix of the message a party signs over its channel offer (its ephemeral X25519 key), after
+#: the generic signature label: a channel offer can never pass for another signed object.
+CHANNEL_SIGNATURE_LABEL: Final = b"fedprop-channel-offer-v1\x00"
+
+#: Hash of the HKDF (RFC 5869) that turns the channel's X25519 shared secrets into its two AES
+#: keys. SHA-256 gives 256-bit pseudo-random keys, the strength of X25519 (~128-bit) with margin.
+CHANNEL_HKDF_HASH: Final = hashes.SHA256
+
+#: First field of the handshake transcript, the HKDF salt (the federation, job, both names, both
+#: ephemeral and both static keys follow it): domain separation from every other derivation.
+CHANNEL_TRANSCRIPT_LABEL: Final = b"fedprop-channel-transcript-v1"
+
+#: HKDF ``info`` prefix of a channel key; the sender's and recipient's names follow it, so the
+#: two directions get independent keys and a message cannot be reflected back to its sender.
+CHANNEL_HKDF_INFO_LABEL: Final = b"fedprop-channel-key-v1:"
+
+#: First field of the AES-GCM associated data of a channel message (domain separation).
+CHANNEL_AD_LABEL: Final = b"fedprop-channel-ad-v1"
+
+#: AES-256-GCM key size in bytes: 256-bit keys keep a margin against multi-target attacks.
+CHANNEL_AEAD_KEY_BYTES: Final = 32
+
+#: AES-GCM nonce size in bytes: the 96-bit nonce NIST SP 800-38D recommends. Channel nonces are
+#: the message counter of one direction (big-endian), never random, so none repeats under a key.
+CHANNEL_AEAD_NONCE_BYTES: Final = 12
+
+#: Messages one direction of a channel may carry; sending more is refused (open a new channel).
+#: Far above any job; it is the per-key limit NIST SP 800-38D (section 8.3) sets for random
+#: nonces, conservative for counter nonces (which cannot collide below 2**96).
+CHANNEL_MAX_MESSAGES: Final = 2**32
+
+#: Payload bytes one direction of a channel may carry, 256 GiB. RFC 8446 (section 5.5) lets TLS
+#: 1.3 encrypt 2**24.5 full records (2**38.5 bytes) under one AES-GCM key for a confidentiality
+#: margin of about 2**-57; staying under it keeps the same margin.
+CHANNEL_MAX_BYTES: Final = 2**38
+
+#: Largest payload of one channel message, 512 MiB: partial predictions for 100k rows as
+#: 2048-bit Paillier ciphertexts are about 50 MB. Bounds what a malformed message can make a
+#: party allocate; far under AES-GCM's limit for one message (64 GiB).
+CHANNEL_MAX_PAYLOAD_BYTES: Final = 512 * 2**20
