@@ -124,6 +124,15 @@ def test_a_node_with_bad_data_fails_the_job_naming_party_and_file(
         if e["kind"] == "job-refused" and "smarch" in e["detail"]["rule"]
     ]
     assert refusals, "bank-b's log does not record the refusal"
+    # The other nodes are told the job stopped, and where, but not bank-b's reason.
+    for party in ("bank-a", "bank-c", "bank-d"):
+        aborts = [
+            e["detail"]["message"]
+            for e in _entries(federation, party)
+            if e["kind"] == "error" and e["detail"]["rule"] == "job-aborted"
+        ]
+        assert aborts and "bank-b" in aborts[-1], party
+        assert "smarch" not in aborts[-1] and "train.csv" not in aborts[-1]
 
 
 def _entries(federation: LocalFederation, party: str) -> list[dict[str, Any]]:

@@ -111,7 +111,7 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
     from fedprop.deploy import start_node
     from fedprop.spec import JobSpec
 
-    start_node(_node_launch(args), JobSpec.load(args.spec) if args.spec else None)
+    return start_node(_node_launch(args), JobSpec.load(args.spec) if args.spec else None)
 
 
 def _coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:

@@ -58,7 +58,14 @@ from fedprop.audit import (
 from fedprop.crypto.identity import Manifest, NodeIdentity, load_identity
 from fedprop.crypto.params import IDENTITY_DIR_MODE
 from fedprop.errors import FedpropError, JobFailedError
-from fedprop.protocols.hfl import REQUESTS, KeysReply, ReleaseRequest, Request, Step
+from fedprop.protocols.hfl import (
+    REQUESTS,
+    AbortRequest,
+    KeysReply,
+    ReleaseRequest,
+    Request,
+    Step,
+)
 from fedprop.protocols.secure_sum import VectorKind
 from fedprop.spec import JobSpec
 
@@ -223,6 +230,10 @@ class NodeAudit:
                     EventKind.JOB_REFUSED, job=job, step=step, detail=decision_detail(reason)
                 )
             return
+        if isinstance(request, AbortRequest):
+            detail = error_detail("job-aborted", request.reason[:400])
+            self.log.append(EventKind.ERROR, job=job, step=step, detail=detail)
+            return
         if job not in self._accepted and request is not None:
             spec = _spec(request.spec)
             rule = f"parties in pinned manifest; aggregation {spec.aggregation.value} allowed"
@@ -302,6 +313,11 @@ class CoordinatorAudit:
         """Record a message pushed to ``party``'s node for ``step`` (:func:`step_label`)."""
         detail = message_detail(message_bytes(message), party, message.metadata.message_type)
         self.log.append(EventKind.MESSAGE_SENT, job=self.job, step=step, detail=detail)
+
+    def unanswered(self, party: str, reason: str, step: str) -> None:
+        """Record that ``party``'s node did not answer ``step`` (the SuperLink's reason)."""
+        detail = error_detail("no-reply", f"{party}: {reason}"[:400])
+        self.log.append(EventKind.ERROR, job=self.job, step=step, detail=detail)
 
     def received(self, party: str, message: Message, step: str) -> None:
         """Record a reply from ``party``'s node for ``step`` and witness its checkpoint.

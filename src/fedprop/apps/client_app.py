@@ -41,6 +41,7 @@ from fedprop.data.loader import load_party
 from fedprop.errors import FedpropError
 from fedprop.protocols.hfl import (
     REQUESTS,
+    AbortReply,
     HflNode,
     NodeSettings,
     Request,
@@ -147,6 +148,9 @@ def _answer(locate: Locator, message: Message, context: Context) -> Message:
         config = locate(context)
         party = config.party
         request: Request = from_record(REQUESTS[step], message.content)
+        if step is Step.ABORT:
+            _node.cache_clear()
+            return Message(to_record(AbortReply(config.party)), reply_to=message)
         node = _node(request.spec, config)
         return Message(to_record(node.handle(step, request)), reply_to=message)
     except FedpropError as exc:
@@ -176,6 +180,10 @@ def build_client_app(locate: Locator = node_config_locator, *, audit: bool = Tru
 
     @client_app.query("release")
     def release(message: Message, context: Context) -> Message:
+        return _answer(locate, message, context)
+
+    @client_app.query("abort")
+    def abort(message: Message, context: Context) -> Message:
         return _answer(locate, message, context)
 
     @client_app.train()

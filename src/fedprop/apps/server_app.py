@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from flwr.app import Context, Message
 from flwr.common.constant import ErrorCode
@@ -26,6 +27,7 @@ from fedprop.errors import FedpropError, JobFailedError
 from fedprop.files import write_text_atomic
 from fedprop.protocols.hfl import (
     REPLIES,
+    AbortRequest,
     HflResult,
     ProgressFn,
     Reply,
@@ -48,6 +50,8 @@ __all__ = [
 NODE_WAIT_SECONDS = 120.0
 #: Seconds to wait for the replies to one step.
 STEP_TIMEOUT_SECONDS = 600.0
+#: Seconds the coordinator waits for the nodes to acknowledge that a failed job stopped.
+ABORT_WAIT_SECONDS = 30.0
 #: Seconds between two pulls for replies: short, since a pull is a cheap local call (or
 #: one small request to the SuperLink) and every step waits for its replies.
 PULL_INTERVAL_SECONDS = 0.005
@@ -72,6 +76,12 @@ class GridTransport:
         self.step_timeout = step_timeout
         self._party_of: dict[int, str] = {}
         self._round = 0
+        self._failed: tuple[str, list[str]] | None = None
+
+    def _fail(self, label: str, parties: Sequence[str], message: str) -> NoReturn:
+        """Remember which step failed at which parties (for :meth:`abort`); raise."""
+        self._failed = (label, list(parties))
+        raise JobFailedError(message)
 
     def _node_ids(self) -> list[int]:
         deadline = time.monotonic() + self.node_wait
@@ -93,20 +103,25 @@ class GridTransport:
             raise JobFailedError(f"no connected node has answered as {', '.join(unknown)}")
         return [node_of[p] for p in parties]
 
-    def _send_and_receive(self, messages: list[Message]) -> list[Message]:
-        """Push ``messages``; pull replies until all are in or the step times out.
+    def _send_and_receive(self, messages: list[Message]) -> dict[int, Message]:
+        """Push ``messages``; pull replies until all are in or the step times out; return
+        each reply by the node the message it answers went to (an error the SuperLink
+        makes for a node that is gone comes from the SuperLink, not from that node).
 
         Polls every :data:`PULL_INTERVAL_SECONDS` (Flower's own loop waits 0.1 s in
         simulation and 3 s against a SuperLink between pulls, which would add up to that
         much to every step).
         """
-        pending = set(self.grid.push_messages(messages))
+        ids = list(self.grid.push_messages(messages))
+        destination = dict(zip(ids, (m.metadata.dst_node_id for m in messages), strict=True))
+        pending = set(ids)
         deadline = time.monotonic() + self.step_timeout
-        replies: list[Message] = []
+        replies: dict[int, Message] = {}
         while pending and time.monotonic() < deadline:
-            pulled = list(self.grid.pull_messages(pending))
-            replies += pulled
-            pending -= {m.metadata.reply_to_message_id for m in pulled}
+            for reply in self.grid.pull_messages(pending):
+                answered = reply.metadata.reply_to_message_id
+                replies[destination[answered]] = reply
+                pending.discard(answered)
             if pending:
                 time.sleep(PULL_INTERVAL_SECONDS)
         return replies
@@ -134,33 +149,21 @@ class GridTransport:
     def _log_receipts(
         self,
         unknown: list[Message],
-        replies: list[Message],
-        decoded: Mapping[int, Reply],
+        replies: Mapping[int, Message],
         label: str,
     ) -> None:
         """Log the sends to nodes that just named themselves, and every reply (witnessing
         its checkpoint)."""
         if self.audit is None:
             return
-
-        def name_of(node_id: int) -> str:
-            if node_id not in self._party_of:
-                reply = decoded.get(node_id)
-                if reply is not None and reply.party in self.parties:
-                    return reply.party
-                # A node that refused its first request names itself only in its error.
-                claimed = next(
-                    (error_party(r) for r in replies if r.metadata.src_node_id == node_id), None
-                )
-                if claimed in self.parties:
-                    return str(claimed)
-            return self._party(node_id)
-
         with self.audit.log.batch():
             for m in unknown:
-                self.audit.sent(name_of(m.metadata.dst_node_id), m, label)
-            for r in replies:
-                self.audit.received(name_of(r.metadata.src_node_id), r, label)
+                self.audit.sent(self._party(m.metadata.dst_node_id), m, label)
+            for node_id, r in replies.items():
+                if r.metadata.src_node_id == node_id:
+                    self.audit.received(self._party(node_id), r, label)
+                else:  # made by the SuperLink (the node is gone): nothing the node sent
+                    self.audit.unanswered(self._party(node_id), str(r.error.reason), label)
 
     def broadcast(
         self, step: Step, request: Request, to: Sequence[str] | None = None
@@ -189,51 +192,70 @@ class GridTransport:
         replies = self._send_and_receive(messages)
         decoded: dict[int, Reply] = {}
         undecodable: dict[int, str] = {}
-        for r in replies:
+        for node_id, r in replies.items():
             if not r.has_error():
                 try:
-                    decoded[r.metadata.src_node_id] = from_record(REPLIES[step], r.content)
+                    decoded[node_id] = from_record(REPLIES[step], r.content)
                 except FedpropError as exc:
-                    undecodable[r.metadata.src_node_id] = str(exc)
-        self._log_receipts(unknown, replies, decoded, label)
+                    undecodable[node_id] = str(exc)
+        for node_id, r in replies.items():
+            # A node names itself in its reply, or, if it refused, in its error.
+            claimed = decoded[node_id].party if node_id in decoded else error_party(r)
+            if node_id not in self._party_of and claimed in self.parties:
+                self._party_of[node_id] = str(claimed)
+        self._log_receipts(unknown, replies, label)
         if discovering:
             # Until every party has answered once, the step goes to every connected node;
             # a node the SuperLink reports gone (a stale entry after a restart) is no party.
-            gone = {
-                r.metadata.src_node_id
-                for r in replies
-                if r.has_error() and r.error.code == ErrorCode.NODE_UNAVAILABLE
-            }
-            replies = [r for r in replies if r.metadata.src_node_id not in gone]
-            node_ids = [n for n in node_ids if n not in gone]
-        errors = [
-            f"{self._party(r.metadata.src_node_id)}: {r.error.reason}"
-            for r in replies
-            if r.has_error()
-        ]
-        if errors:
-            raise JobFailedError(f"{step.value} failed: " + "; ".join(errors))
-        answered = {r.metadata.src_node_id for r in replies}
-        silent = [n for n in node_ids if n not in answered]
+            for node_id, r in list(replies.items()):
+                if r.has_error() and r.error.code == ErrorCode.NODE_UNAVAILABLE:
+                    del replies[node_id]
+                    node_ids.remove(node_id)
+        failed = {self._party(n): r for n, r in replies.items() if r.has_error()}
+        if failed:
+            errors = "; ".join(
+                str(r.error.reason) if error_party(r) == name else f"{name}: {r.error.reason}"
+                for name, r in failed.items()
+            )
+            self._fail(label, list(failed), f"{step.value} failed: {errors}")
+        silent = [self._party(n) for n in node_ids if n not in replies]
         if silent:
-            names = ", ".join(self._party_of.get(n, f"node {n}") for n in silent)
-            raise JobFailedError(
-                f"{step.value}: no reply within {self.step_timeout:.0f} s from {names}"
+            timeout = f"{self.step_timeout:.0f} s"
+            self._fail(
+                label, silent, f"{step.value}: no reply within {timeout} from {', '.join(silent)}"
             )
         by_party: dict[str, Reply] = {}
-        for r in replies:
-            node_id = r.metadata.src_node_id
+        for node_id in replies:
+            name = self._party(node_id)
             if node_id in undecodable:
-                raise JobFailedError(f"node {node_id}: {undecodable[node_id]}")
+                self._fail(label, [name], f"{name}: {undecodable[node_id]}")
             reply = decoded[node_id]
             if reply.party in by_party:
-                raise JobFailedError(f"two nodes answered as party '{reply.party}'")
+                self._fail(label, [reply.party], f"two nodes answered as party '{reply.party}'")
             self._party_of[node_id] = reply.party
             by_party[reply.party] = reply
         missing = [p for p in (to or self.parties) if p not in by_party]
         if missing:
-            raise JobFailedError(f"{step.value}: no node answered as {', '.join(missing)}")
+            self._fail(label, missing, f"{step.value}: no node answered as {', '.join(missing)}")
         return by_party
+
+    def abort(self, spec_text: str) -> None:
+        """Tell the nodes of every party that answered and did not fail that the job
+        stopped, naming only the failed step and parties; best effort, bounded wait."""
+        if self._failed is None:
+            return
+        label, failed = self._failed
+        told = [p for p in self.parties if p in self._party_of.values() and p not in failed]
+        if not told:
+            return
+        request = AbortRequest(spec_text, f"{label} failed at {', '.join(failed)}")
+        saved, self.step_timeout = self.step_timeout, min(self.step_timeout, ABORT_WAIT_SECONDS)
+        try:
+            self.broadcast(Step.ABORT, request, to=told)
+        except FedpropError:
+            pass
+        finally:
+            self.step_timeout = saved
 
 
 ResultSink = Callable[[HflResult], None]
@@ -265,22 +287,24 @@ def build_server_app(
         job = spec or JobSpec.load(Path(str(_run_config(config, "job-spec"))))
         federation = manifest or _load_manifest(Path(str(_run_config(config, "manifest"))))
         timeout = float(str(config.get("step-timeout", STEP_TIMEOUT_SECONDS)))
+
+        def run(log: CoordinatorAudit | None) -> HflResult:
+            transport = GridTransport(grid, job.parties, audit=log, step_timeout=timeout)
+            try:
+                return run_hfl(job, transport, federation, progress=progress)
+            except JobFailedError:
+                transport.abort(job.text)
+                raise
+
         if not audit:
-            transport = GridTransport(grid, job.parties, audit=None, step_timeout=timeout)
-            result = run_hfl(job, transport, federation)
+            result = run(None)
         else:
             where = coordinator or CoordinatorConfig(
                 Path(str(_run_config(config, "coordinator-key-dir"))),
                 Path(str(_run_config(config, "audit-dir"))),
             )
             with where.open_log(federation) as log:
-                transport = GridTransport(
-                    grid,
-                    job.parties,
-                    audit=CoordinatorAudit(log, federation, job.id),
-                    step_timeout=timeout,
-                )
-                result = run_hfl(job, transport, federation, progress=progress)
+                result = run(CoordinatorAudit(log, federation, job.id))
         if "results-dir" in config:
             write_result(result, Path(str(config["results-dir"])))
         if on_result is not None:

@@ -33,8 +33,12 @@ from fedprop.deploy.coordinator import (
     register_node,
     submit_job,
 )
-from fedprop.deploy.node import NODE_AUTH_PUBLIC, make_node_auth_key, node_config_arg
-from fedprop.deploy.supernode import DEFAULT_POLL_INTERVAL
+from fedprop.deploy.node import (
+    DEFAULT_POLL_INTERVAL,
+    NODE_AUTH_PUBLIC,
+    make_node_auth_key,
+    node_config_arg,
+)
 from fedprop.errors import FedpropError
 from fedprop.federation import LocalFederation, local_federation
 

@@ -14,11 +14,14 @@ all pass.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,12 +29,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fedprop.apps.client_app import NodeConfig
 from fedprop.crypto.params import IDENTITY_FILE_MODE, NODE_AUTH_CURVE
 from fedprop.deploy.coordinator import flower_env, port_in_use
-from fedprop.deploy.supernode import DEFAULT_POLL_INTERVAL
 from fedprop.errors import FedpropError
 from fedprop.node_check import Check, check_node, failures
 from fedprop.spec import JobSpec
 
 __all__ = [
+    "DEFAULT_POLL_INTERVAL",
     "DEFAULT_RUNTIME_PORT",
     "NODE_AUTH_KEY",
     "NODE_AUTH_PUBLIC",
@@ -47,6 +50,16 @@ __all__ = [
 NODE_AUTH_KEY: Final = "node-auth.key"
 #: Its public half, which the coordinator registers (``fedprop coordinator register``).
 NODE_AUTH_PUBLIC: Final = "node-auth.pub"
+#: SuperNode exit codes after which ``fedprop node start`` starts it again: Flower's
+#: "could not establish a connection to the SuperLink".
+RESTART_EXIT_CODES: Final = frozenset({305})
+#: First and longest pause before starting a SuperNode that lost the coordinator again.
+RESTART_MIN_DELAY_SECONDS: Final = 1.0
+RESTART_MAX_DELAY_SECONDS: Final = 30.0
+#: Seconds a SuperNode waits between two pulls when it has nothing to do, and between two
+#: checks for its ClientApp's reply (Flower's own: 3 s and 0.5 s); see
+#: :mod:`fedprop.deploy.supernode`.
+DEFAULT_POLL_INTERVAL: Final = 0.25
 #: Local port of the SuperNode's Runtime API (its ClientApp processes talk to it).
 DEFAULT_RUNTIME_PORT: Final = 9094
 
@@ -170,12 +183,43 @@ def supernode_command(launch: NodeLaunch) -> list[str]:
     ]
 
 
-def start_node(launch: NodeLaunch, spec: JobSpec | None = None) -> NoReturn:
-    """Check ``launch`` and become the SuperNode process; start nothing if a check fails."""
+def start_node(launch: NodeLaunch, spec: JobSpec | None = None) -> int:
+    """Check ``launch``, then run the SuperNode until it stops; return its exit code.
+
+    Nothing starts if a check fails. The SuperNode is started again (after a pause that
+    doubles up to :data:`RESTART_MAX_DELAY_SECONDS`) when it exits because it lost the
+    coordinator: Flower's SuperNode gives up after a few tries when the SuperLink is
+    away, and a node must outlive a coordinator's restart. SIGTERM and SIGINT stop it.
+    """
     NodeConfig.from_mapping(launch.node_config)
     problem = failures(check_launch(launch, spec))
     if problem is not None:
         raise FedpropError(f"the node cannot start: {problem}")
     command = supernode_command(launch)
     launch.flwr_home.mkdir(parents=True, exist_ok=True)
-    os.execve(command[0], command, flower_env(launch.flwr_home))
+    env = flower_env(launch.flwr_home)
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None:
+            child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    delay = RESTART_MIN_DELAY_SECONDS
+    while True:
+        child = subprocess.Popen(command, env=env)
+        code = child.wait()
+        if stopping or code not in RESTART_EXIT_CODES:
+            return code
+        print(
+            f"the coordinator at {launch.superlink} is unreachable; "
+            f"starting the SuperNode again in {delay:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(delay)
+        delay = min(2 * delay, RESTART_MAX_DELAY_SECONDS)

@@ -25,11 +25,8 @@ from typing import Final
 
 from fedprop._offline import enforce_offline
 
-__all__ = ["DEFAULT_POLL_INTERVAL", "PollClock", "main", "shorten_idle_polls"]
+__all__ = ["PollClock", "main", "shorten_idle_polls"]
 
-#: Seconds a SuperNode waits between two pulls when it has nothing to do, and between two
-#: checks for its ClientApp's reply (Flower's own: 3 s and 0.5 s).
-DEFAULT_POLL_INTERVAL: Final = 0.25
 #: The shortest poll interval accepted: below it, idle nodes mostly generate load.
 MIN_POLL_INTERVAL: Final = 0.05
 
@@ -65,7 +62,7 @@ def shorten_idle_polls(interval: float) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """``--poll-interval SECONDS`` then every ``flower-supernode`` argument."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL)
+    parser.add_argument("--poll-interval", type=float, required=True)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     enforce_offline()
     shorten_idle_polls(args.poll_interval)

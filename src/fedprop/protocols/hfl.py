@@ -80,6 +80,8 @@ from fedprop.spec import Aggregation, JobSpec
 __all__ = [
     "REPLIES",
     "REQUESTS",
+    "AbortReply",
+    "AbortRequest",
     "ContributionReply",
     "HflCoordinator",
     "HflNode",
@@ -112,6 +114,7 @@ class Step(StrEnum):
     TRAIN = "train"
     EVALUATE = "evaluate"
     RELEASE = "query.release"
+    ABORT = "query.abort"
 
 
 # --- messages ----------------------------------------------------------------------------------
@@ -177,23 +180,41 @@ class ReleaseReply:
     signature: bytes
 
 
-Request = JobRequest | ModelRequest | ReleaseRequest
-Reply = KeysReply | ContributionReply | ReleaseReply
+@dataclass(frozen=True)
+class AbortRequest:
+    """The coordinator stopped the job: which step failed at which parties (no detail of
+    any party's error reaches the others)."""
+
+    spec: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AbortReply:
+    """A node's acknowledgement that it dropped the job."""
+
+    party: str
+
+
+Request = JobRequest | ModelRequest | ReleaseRequest | AbortRequest
+Reply = KeysReply | ContributionReply | ReleaseReply | AbortReply
 
 #: The request each step carries, and the reply it expects.
-REQUESTS: Mapping[Step, type[JobRequest] | type[ModelRequest] | type[ReleaseRequest]] = {
+REQUESTS: Mapping[Step, type[Request]] = {
     Step.KEYS: JobRequest,
     Step.STATS: JobRequest,
     Step.TRAIN: ModelRequest,
     Step.EVALUATE: ModelRequest,
     Step.RELEASE: ReleaseRequest,
+    Step.ABORT: AbortRequest,
 }
-REPLIES: Mapping[Step, type[KeysReply] | type[ContributionReply] | type[ReleaseReply]] = {
+REPLIES: Mapping[Step, type[Reply]] = {
     Step.KEYS: KeysReply,
     Step.STATS: ContributionReply,
     Step.TRAIN: ContributionReply,
     Step.EVALUATE: ContributionReply,
     Step.RELEASE: ReleaseReply,
+    Step.ABORT: AbortReply,
 }
 
 
