@@ -35,6 +35,10 @@ __all__ = [
     "MIN_PAILLIER_BITS",
     "NODE_AUTH_CURVE",
     "PRIME_TEST_ROUNDS",
+    "PSI_HASH_LABEL",
+    "PSI_HASH_TRIES",
+    "PSI_MAX_IDS",
+    "PSI_MESSAGE_LABEL",
     "RANDOMNESS_EXPONENT_BITS",
     "SEAL_AD_LABEL",
     "SEAL_AEAD_KEY_BYTES",
@@ -44,6 +48,8 @@ __all__ = [
     "SEAL_SIGNATURE_LABEL",
     "SIGNATURE_LABEL",
     "SLOT_GUARD_BITS",
+    "VFL_MESSAGE_LABEL",
+    "VFL_MIN_BATCH_ROWS",
 ]
 
 # --- Paillier ---------------------------------------------------------------------------
@@ -177,3 +183,39 @@ CHANNEL_MAX_BYTES: Final = 2**38
 #: 2048-bit Paillier ciphertexts are about 50 MB. Bounds what a malformed message can make a
 #: party allocate; far under AES-GCM's limit for one message (64 GiB).
 CHANNEL_MAX_PAYLOAD_BYTES: Final = 512 * 2**20
+
+# --- private set intersection (entity alignment) ------------------------------------------
+
+#: First field of the hash that maps an identifier to a Curve25519 point (the job id and the
+#: identifier, each length-prefixed, and a one-byte try counter follow it): the points of one
+#: job are unrelated to those of any other job or of any other use of SHA-512.
+PSI_HASH_LABEL: Final = b"fedprop-psi-hash-to-curve-v1\x00"
+
+#: First frame of every PSI message: a message of another protocol (or of another version of
+#: this one) is refused instead of being parsed as a set of points.
+PSI_MESSAGE_LABEL: Final = b"fedprop-psi-v1"
+
+#: Most identifiers one party may bring or receive in one job. A blinded set of this many ids
+#: (32 bytes each) is 512 MiB, the size of the largest channel payload
+#: (``CHANNEL_MAX_PAYLOAD_BYTES``), so a set near it needs more than one channel message;
+#: positions travel as 32-bit integers, far above it. Bounds what a malformed message can make
+#: a party allocate.
+PSI_MAX_IDS: Final = 2**24
+
+#: Tries of the hash-to-curve (try-and-increment) before giving up: each try lands on
+#: Curve25519 itself (not its twist) with probability about 1/2, so all of them fail with
+#: probability 2**-64 per identifier, far below the chance of a hardware error.
+PSI_HASH_TRIES: Final = 64
+
+# --- vertical logistic regression (hetero LR) --------------------------------------------
+
+#: Fewest rows in one mini-batch of vertical training. Each party learns its own gradient
+#: ``X^T d`` of every batch: as many linear equations in the batch's residuals (and so its
+#: labels) as it has columns. A batch of a few rows gives them away (one row: ``d = g / x``);
+#: a hundred rows or more, and more rows than any party's columns (checked as well), leave the
+#: system far from determined. Hardy et al. (2017) and FATE both train on batches of hundreds.
+VFL_MIN_BATCH_ROWS: Final = 100
+
+#: First frame of every vertical-training message: a message of another protocol (or of
+#: another version of this one) is refused instead of being parsed as this one's.
+VFL_MESSAGE_LABEL: Final = b"fedprop-vfl-v1"
