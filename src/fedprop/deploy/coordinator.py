@@ -253,12 +253,23 @@ def register_node(flwr_home: Path, public_key: Path, name: str) -> int:
     return int(str(answer["node-id"]))
 
 
-def node_statuses(flwr_home: Path) -> dict[int, str]:
-    """Each registered node's status at the SuperLink (``registered``, ``online``, ...)."""
+def node_statuses(flwr_home: Path) -> dict[int, tuple[str, float | None]]:
+    """Each registered node's status at the SuperLink (``registered``, ``online``, ...)
+    and when it last came online (seconds since the epoch; ``None`` if never)."""
     nodes = _flwr(flwr_home, "supernode", "ls", CONNECTION_NAME)["nodes"]
     if not isinstance(nodes, list):
         raise FedpropError("flwr supernode ls: unexpected answer")
-    return {int(node["node-id"]): str(node["status"]) for node in nodes}
+
+    def since(text: object) -> float | None:
+        try:
+            when = datetime.datetime.strptime(str(text), "%Y-%m-%d %H:%M:%SZ")
+        except ValueError:
+            return None
+        return when.replace(tzinfo=datetime.UTC).timestamp()
+
+    return {
+        int(node["node-id"]): (str(node["status"]), since(node.get("online-at"))) for node in nodes
+    }
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,11 @@ START_TIMEOUT_SECONDS: Final = 90.0
 #: The fedprop app (its ``pyproject.toml`` names the ServerApp and ClientApp) when
 #: fedprop runs from its source checkout.
 SOURCE_CHECKOUT: Final = Path(__file__).resolve().parents[3]
+#: What a SuperNode prints when it is back with a restarted SuperLink: it reconnected, or
+#: (started again by ``fedprop node start``) it was given its node id.
+REJOINED: Final = (b"Connection successful", b"SuperNode ID")
 #: Seconds a process gets to exit after SIGTERM before it is killed.
-STOP_TIMEOUT_SECONDS: Final = 10.0
+STOP_TIMEOUT_SECONDS: Final = 20.0
 
 
 def free_port() -> int:
@@ -202,17 +205,44 @@ class LoopbackDeployment:
     def start_node(self, party: str, *, wait: bool = True, **overrides: object) -> float:
         """Start ``party``'s SuperNode; return the seconds until the SuperLink saw it
         online (0 without ``wait``)."""
+        started = time.time()
         self.spawn(party, self.node_command(party, **overrides))
-        return self.wait_online(party) if wait else 0.0
+        return self.wait_online(party, since=started) if wait else 0.0
 
-    def wait_online(self, party: str) -> float:
-        """Wait until the SuperLink sees ``party``'s registered node online; the seconds."""
+    def wait_online(self, party: str, *, since: float) -> float:
+        """Wait until the SuperLink sees ``party``'s registered node come online at
+        ``since`` (a ``time.time()``) or later; return the seconds waited."""
         node_id = self.node_ids[party]
 
         def online() -> bool:
-            return node_statuses(self.setup.flwr_home).get(node_id) == "online"
+            status, online_at = node_statuses(self.setup.flwr_home).get(node_id, ("", None))
+            # The SuperLink's times have whole seconds.
+            return status == "online" and online_at is not None and online_at >= int(since)
 
         return self._wait(f"node {party}", online, self.processes[party])
+
+    def restart_coordinator(self) -> float:
+        """Stop the SuperLink and start it again on the same state; wait until every
+        running node is back (it reconnected, or it was started again and came online);
+        return the seconds from the stop."""
+        started = time.monotonic()
+        offsets = {p: (self.logs / f"{p}.log").stat().st_size for p in self.parties}
+        self.stop("coordinator")
+        self.start_coordinator()
+        for party in self.parties:
+
+            def back(p: str = party) -> bool:
+                with open(self.logs / f"{p}.log", "rb") as log:
+                    log.seek(offsets[p])
+                    said = log.read()
+                return (
+                    any(mark in said for mark in REJOINED)
+                    and node_statuses(self.setup.flwr_home).get(self.node_ids[p], ("", None))[0]
+                    == "online"
+                )
+
+            self._wait(f"node {party}", back, self.processes[party])
+        return time.monotonic() - started
 
     def stop(self, name: str, *, kill: bool = False) -> None:
         """Stop one process (its whole process group): SIGTERM, or SIGKILL with ``kill``."""
@@ -234,10 +264,11 @@ class LoopbackDeployment:
         self.start_coordinator()
         for party in self.parties:
             self.register(party)
+        started = time.time()
         for party in self.parties:
             self.start_node(party, wait=False)
         for party in self.parties:
-            self.wait_online(party)
+            self.wait_online(party, since=started)
         return self
 
     def submit(

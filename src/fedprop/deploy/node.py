@@ -50,10 +50,9 @@ __all__ = [
 NODE_AUTH_KEY: Final = "node-auth.key"
 #: Its public half, which the coordinator registers (``fedprop coordinator register``).
 NODE_AUTH_PUBLIC: Final = "node-auth.pub"
-#: SuperNode exit codes after which ``fedprop node start`` starts it again: Flower's
-#: "could not establish a connection to the SuperLink".
-RESTART_EXIT_CODES: Final = frozenset({305})
-#: First and longest pause before starting a SuperNode that lost the coordinator again.
+#: Seconds a stopping SuperNode gets to leave the SuperLink cleanly before it is told again.
+STOP_GRACE_SECONDS: Final = 10.0
+#: First and longest pause before starting a SuperNode that exited with an error again.
 RESTART_MIN_DELAY_SECONDS: Final = 1.0
 RESTART_MAX_DELAY_SECONDS: Final = 30.0
 #: Seconds a SuperNode waits between two pulls when it has nothing to do, and between two
@@ -184,12 +183,15 @@ def supernode_command(launch: NodeLaunch) -> list[str]:
 
 
 def start_node(launch: NodeLaunch, spec: JobSpec | None = None) -> int:
-    """Check ``launch``, then run the SuperNode until it stops; return its exit code.
+    """Check ``launch``, then run the SuperNode until it is stopped; return its exit code.
 
-    Nothing starts if a check fails. The SuperNode is started again (after a pause that
-    doubles up to :data:`RESTART_MAX_DELAY_SECONDS`) when it exits because it lost the
-    coordinator: Flower's SuperNode gives up after a few tries when the SuperLink is
-    away, and a node must outlive a coordinator's restart. SIGTERM and SIGINT stop it.
+    Nothing starts if a check fails. After that the node keeps running as a bank's
+    service should: when the SuperNode exits with an error (Flower's SuperNode gives up
+    after a few tries when the SuperLink is away, and a node must outlive a
+    coordinator's restart), it is started again after a pause that doubles up to
+    :data:`RESTART_MAX_DELAY_SECONDS`. SIGTERM or SIGINT stop it: the SuperNode, in the
+    same process group, receives them too; if it is still running
+    :data:`STOP_GRACE_SECONDS` later, it is sent SIGTERM itself.
     """
     NodeConfig.from_mapping(launch.node_config)
     problem = failures(check_launch(launch, spec))
@@ -198,28 +200,31 @@ def start_node(launch: NodeLaunch, spec: JobSpec | None = None) -> int:
     command = supernode_command(launch)
     launch.flwr_home.mkdir(parents=True, exist_ok=True)
     env = flower_env(launch.flwr_home)
-    stopping = False
-    child: subprocess.Popen[bytes] | None = None
+    stop_requested: list[float] = []
 
     def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        if child is not None:
-            child.send_signal(signum)
+        stop_requested.append(time.monotonic())
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
     delay = RESTART_MIN_DELAY_SECONDS
     while True:
         child = subprocess.Popen(command, env=env)
-        code = child.wait()
-        if stopping or code not in RESTART_EXIT_CODES:
+        while (code := child.poll()) is None:
+            if stop_requested and time.monotonic() - stop_requested[0] > STOP_GRACE_SECONDS:
+                child.terminate()
+            time.sleep(0.2)
+        if stop_requested or code == 0:
             return code
         print(
-            f"the coordinator at {launch.superlink} is unreachable; "
-            f"starting the SuperNode again in {delay:.0f} s",
+            f"the SuperNode exited with code {code} (coordinator at {launch.superlink} "
+            f"unreachable?); starting it again in {delay:.0f} s",
             file=sys.stderr,
             flush=True,
         )
-        time.sleep(delay)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not stop_requested:
+            time.sleep(0.2)
+        if stop_requested:
+            return code
         delay = min(2 * delay, RESTART_MAX_DELAY_SECONDS)
