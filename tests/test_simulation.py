@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,45 @@ def test_every_party_logged_every_message_and_the_logs_verify(
         assert all("payload" not in e["detail"] for e in own)
     holder = [e["kind"] for e in _entries(federation, job.key_holder)]
     assert "key-ceremony" in holder
+
+
+def _policy_for(federation: LocalFederation, example: str, **replace: str) -> str:
+    manifest = federation.manifest()
+    assert manifest.coordinator is not None
+    text = example.replace("[federations.pilot]", f"[federations.{manifest.federation}]")
+    text = re.sub(r'"[0-9a-f]{64}"', f'"{manifest.coordinator.fingerprint()}"', text)
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    return text
+
+
+def test_a_node_policy_refuses_a_job_before_reading_data_and_logs_the_rule(
+    spec: JobSpec,
+    node_configs: dict[str, NodeConfig],
+    manifest: Manifest,
+    federation: LocalFederation,
+    tmp_path: Path,
+) -> None:
+    example = (Path(__file__).resolve().parents[1] / "node" / "policy.example.toml").read_text()
+    allowing = tmp_path / "allowing.toml"
+    allowing.write_text(_policy_for(federation, example))
+    # bank-c's policy never lets "balance" be a feature; its data folder does not even
+    # exist, so a refusal after reading data would be a different error.
+    refusing = tmp_path / "refusing.toml"
+    refusing.write_text(_policy_for(federation, example, **{'"default", "balance",': '"default",'}))
+    configs = {p: dataclasses.replace(c, policy=allowing) for p, c in node_configs.items()}
+    configs["bank-c"] = dataclasses.replace(
+        configs["bank-c"], policy=refusing, data_dir=tmp_path / "no-such-folder"
+    )
+    with pytest.raises(JobFailedError) as info:
+        simulate(
+            spec.with_overrides({"train": {"rounds": 1}}),
+            configs,
+            manifest,
+            federation.coordinator(),
+        )
+    message = str(info.value)
+    assert "bank-c" in message and "feature-column" in message and "balance" in message
+    refusals = [e for e in _entries(federation, "bank-c") if e["kind"] == "job-refused"]
+    assert refusals and "feature-column" in refusals[-1]["detail"]["rule"]

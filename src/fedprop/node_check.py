@@ -22,6 +22,7 @@ from fedprop.audit import verify_log
 from fedprop.crypto.identity import Manifest, NodeIdentity, load_identity
 from fedprop.data.loader import load_party
 from fedprop.errors import FedpropError
+from fedprop.privacy.policy import load_policy
 from fedprop.spec import JobSpec
 
 __all__ = ["CONNECT_TIMEOUT_SECONDS", "Check", "check_node", "failures"]
@@ -96,6 +97,14 @@ def _data(config: NodeConfig, spec: JobSpec) -> Check:
     return Check("data", True, detail)
 
 
+def _policy(path: Path) -> Check:
+    try:
+        policy = load_policy(path)
+    except FedpropError as exc:
+        return Check("policy", False, str(exc))
+    return Check("policy", True, f"{path}: " + policy.summary().splitlines()[0])
+
+
 def _coordinator(address: str, root_certificates: Path | None) -> Check:
     host, _, port_text = address.rpartition(":")
     if not host or not port_text.isdigit():
@@ -141,6 +150,8 @@ def check_node(
     checks += [identity_check, manifest_check]
     if manifest is not None:
         checks.append(_audit_log(config, identity, manifest))
+    if config.policy is not None:
+        checks.append(_policy(config.policy))
     if spec is not None:
         checks.append(_data(config, spec))
     if superlink is not None:

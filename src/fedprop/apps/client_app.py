@@ -39,6 +39,7 @@ from fedprop.apps.records import error_reply, from_record, to_record
 from fedprop.crypto.identity import Manifest, load_identity
 from fedprop.data.loader import load_party
 from fedprop.errors import FedpropError
+from fedprop.privacy.policy import decide, load_policy, training_request
 from fedprop.protocols.hfl import (
     REQUESTS,
     AbortReply,
@@ -73,6 +74,7 @@ class NodeConfig:
     audit_dir: Path
     allow_plaintext: bool = False
     allow_model_release: bool = False
+    policy: Path | None = None
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, object]) -> NodeConfig:
@@ -97,6 +99,7 @@ class NodeConfig:
             audit_dir=Path(text("audit-dir")),
             allow_plaintext=flag("allow-plaintext"),
             allow_model_release=flag("allow-model-release"),
+            policy=Path(str(config["policy"])) if "policy" in config else None,
         )
 
     def settings(self) -> NodeSettings:
@@ -137,6 +140,11 @@ def _node(spec_text: str, config: NodeConfig) -> HflNode:
     """A node for this job, kept between messages so data is read and encoded once."""
     spec = JobSpec.from_toml(spec_text, "received job spec")
     settings = config.settings()
+    if config.policy is not None:
+        # The node's own policy decides, before any data is read.
+        decide(
+            load_policy(config.policy), training_request(spec, settings.manifest)
+        ).raise_if_refused()
     data = dataclasses.replace(load_party(config.data_dir, spec.schema), name=config.party)
     return HflNode(spec, data, settings)
 

@@ -50,6 +50,7 @@ from fedprop.privacy.policy import (
     effective_k,
     load_policy,
     parse_policy,
+    training_request,
 )
 
 __all__ = [
@@ -87,4 +88,5 @@ __all__ = [
     "load_policy",
     "parse_policy",
     "pld_available",
+    "training_request",
 ]

@@ -56,9 +56,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeGuard, TypeVar
 
+from fedprop.crypto.identity import Manifest
 from fedprop.crypto.params import ALLOWED_PAILLIER_BITS, MIN_PAILLIER_BITS
 from fedprop.errors import FedpropError
-from fedprop.spec import Aggregation
+from fedprop.spec import Aggregation, JobSpec
 
 __all__ = [
     "CHECK_ORDER",
@@ -78,6 +79,7 @@ __all__ = [
     "effective_k",
     "load_policy",
     "parse_policy",
+    "training_request",
 ]
 
 #: Smallest cohort size a policy may set: a cell counted over one customer is that
@@ -916,4 +918,24 @@ def decide(policy: NodePolicy, request: JobRequest) -> Decision:
             f"{request.job_type} on dataset '{request.dataset}' allowed for coordinator "
             f"{request.coordinator[:16]} in federation '{request.federation}'"
         ),
+    )
+
+
+def training_request(spec: JobSpec, manifest: Manifest) -> JobRequest:
+    """What a training job asks of a node, for :func:`decide`: its federation and
+    coordinator (the pinned manifest's), type, aggregation, dataset, every feature column
+    and the label as its target, its key size and whether it asks for the model."""
+    coordinator = manifest.coordinator.fingerprint() if manifest.coordinator else ""
+    return JobRequest(
+        federation=manifest.federation,
+        coordinator=coordinator,
+        job_type=spec.type,
+        aggregation=spec.aggregation,
+        dataset=spec.dataset,
+        feature_columns=spec.schema.feature_names,
+        group_by_columns=(),
+        target_columns=(spec.schema.label,),
+        filter_columns=(),
+        key_bits=spec.key_bits,
+        model_release=spec.release_model,
     )
