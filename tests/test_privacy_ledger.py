@@ -276,3 +276,24 @@ def test_mechanisms_are_checked() -> None:
 def test_naive_times_are_refused(ledger: BudgetLedger) -> None:
     with pytest.raises(LedgerError, match="timezone"):
         ledger.check(query_spend("q1"), at=datetime(2026, 3, 1, 12, 0))
+
+
+def test_fedprop_node_budget_lists_each_spend_and_the_total(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedprop.cli import main
+    from fedprop.privacy import load_policy
+
+    policy_file = Path(__file__).resolve().parents[1] / "node" / "policy.example.toml"
+    budget = load_policy(policy_file).dp
+    assert budget is not None
+    ledger = BudgetLedger(tmp_path / "budget.jsonl", budget)
+    ledger.record(query_spend("rate-by-age", epsilon=0.25))
+    ledger.record(query_spend("count-by-job", epsilon=0.5))
+    code = main(
+        ["node", "budget", "--ledger", str(tmp_path / "budget.jsonl"), "--policy", str(policy_file)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "2 spend(s)" in out and "rate-by-age" in out and "count-by-job" in out
+    assert f"spent epsilon {ledger.totals()[0].spent.epsilon:.4g} of 3" in out

@@ -114,6 +114,31 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
     return start_node(_node_launch(args), JobSpec.load(args.spec) if args.spec else None)
 
 
+def _cmd_node_budget(args: argparse.Namespace) -> int:
+    from fedprop.privacy import BudgetLedger, load_policy
+
+    policy = load_policy(args.policy)
+    if policy.dp is None:
+        raise FedpropError(f"{args.policy}: the policy sets no [dp] budget")
+    ledger = BudgetLedger(args.ledger, policy.dp)
+    rows = ledger.summary()
+    print(f"{len(rows)} spend(s) in {args.ledger}; window {policy.dp.period_days} days")
+    for r in rows:
+        released = f", released {r.released_at:%F %T}" if r.released_at else ""
+        print(
+            f"{r.at:%F %T}  {r.coordinator[:16]}  {r.what} {r.query_id}: "
+            f"epsilon {r.epsilon:.4g}, delta {r.delta:.2g} "
+            f"(window total {r.cumulative_epsilon:.4g}, {r.cumulative_delta:.2g}){released}"
+        )
+    for t in ledger.totals():
+        print(
+            f"coordinator {t.coordinator[:16]}: spent epsilon {t.spent.epsilon:.4g} of "
+            f"{t.limit_epsilon:.4g}, delta {t.spent.delta:.2g} of {t.limit_delta:.2g} "
+            f"({t.spent.method})"
+        )
+    return 0
+
+
 def _coordinator_setup(args: argparse.Namespace) -> CoordinatorSetup:
     from fedprop.deploy import CoordinatorSetup
 
@@ -281,6 +306,10 @@ def _parser() -> argparse.ArgumentParser:
         "--poll-interval", type=float, default=0.25, help="seconds between polls when idle"
     )
     start.set_defaults(func=_cmd_node_start)
+    budget = node.add_parser("budget", help="what the node's privacy budget spent, by whom, when")
+    budget.add_argument("--ledger", type=Path, required=True, help="the node's budget ledger")
+    budget.add_argument("--policy", type=Path, required=True, help="the node's policy file")
+    budget.set_defaults(func=_cmd_node_budget)
 
     coordinator = sub.add_parser(
         "coordinator", help="the data team's SuperLink and jobs"
