@@ -80,12 +80,10 @@ __all__ = [
     "ciphertexts_to_bytes",
     "decrypt",
     "decrypt_many",
-    "dump_ciphertexts",
     "encrypt",
     "encrypt_batch",
     "encrypt_many",
     "generate_keypair",
-    "load_ciphertexts",
     "multi_exponentiate",
     "pack_ciphertexts",
     "scale_ciphertext",
@@ -142,6 +140,8 @@ def _check_bits(bits: int) -> None:
 
 def _as_int(value: object, what: str) -> int:
     """``value`` as a Python int (ints and gmpy2 integers); bools and floats are refused."""
+    if type(value) is int:  # the common case; the protocol check below costs ~9 us
+        return value
     if isinstance(value, bool) or not isinstance(value, SupportsIndex):
         raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
     return operator.index(value)
@@ -479,8 +479,9 @@ def decrypt_many(
 # --- the homomorphic sum ------------------------------------------------------------------
 
 
-def _check_ciphertexts(public: PublicKey, values: Sequence[int], what: str) -> list[int]:
-    n = gmpy2.mpz(public.n)
+def _in_range(public: PublicKey, values: Sequence[int], what: str) -> list[int]:
+    """Ciphertexts checked for type and range only (``0 < c < n^2``), not for being units:
+    for ciphertexts made locally (:func:`_check_ciphertexts` adds the unit test)."""
     nsquare = public._nsquare
     out = []
     for i, value in enumerate(values):
@@ -490,10 +491,28 @@ def _check_ciphertexts(public: PublicKey, values: Sequence[int], what: str) -> l
             raise CiphertextError(f"{what} {i}: {exc}") from None
         if not 0 < c < nsquare:
             raise CiphertextError(f"{what} {i} is out of range for this key (must be in [1, n^2))")
-        if gmpy2.gcd(c, n) != 1:
-            raise CiphertextError(f"{what} {i} is not a unit modulo n: not a valid ciphertext")
         out.append(c)
     return out
+
+
+def _check_units(public: PublicKey, values: Sequence[int], what: str) -> None:
+    """Every value is a unit modulo ``n``, tested at once: the product modulo ``n`` of units
+    is a unit, and a value sharing a factor with ``n`` makes the product share it (one
+    multiplication modulo ``n`` per value, one ``gcd``; the culprit is named if any)."""
+    n = gmpy2.mpz(public.n)
+    product = gmpy2.mpz(1)
+    for c in values:
+        product = product * c % n
+    if gmpy2.gcd(product, n) != 1:
+        first = next(i for i, c in enumerate(values) if gmpy2.gcd(c, n) != 1)
+        raise CiphertextError(f"{what} {first} is not a unit modulo n: not a valid ciphertext")
+
+
+def _check_ciphertexts(public: PublicKey, values: Sequence[int], what: str) -> list[int]:
+    """Ciphertexts checked for type, range and being units modulo ``n``."""
+    checked = _in_range(public, values, what)
+    _check_units(public, checked, what)
+    return checked
 
 
 def add_ciphertexts(public: PublicKey, ciphertexts: Sequence[Sequence[int]]) -> list[int]:
@@ -711,95 +730,15 @@ def _spread(
     return [value for chunk in results for value in chunk]
 
 
-def _fast_int(value: object, what: str) -> int:
-    """:func:`_as_int` with a fast path for plain ints (its protocol check costs ~9 us)."""
-    return value if type(value) is int else _as_int(value, what)
-
-
-def _in_range(public: PublicKey, values: Sequence[int], what: str) -> list[int]:
-    """Ciphertexts checked for type and range only (``0 < c < n^2``), not for being units:
-    for ciphertexts made locally or checked on receipt (:func:`load_ciphertexts`)."""
-    nsquare = public._nsquare
-    out = []
-    for i, value in enumerate(values):
-        try:
-            c = _fast_int(value, what)
-        except TypeError as exc:
-            raise CiphertextError(f"{what} {i}: {exc}") from None
-        if not 0 < c < nsquare:
-            raise CiphertextError(f"{what} {i} is out of range for this key (must be in [1, n^2))")
-        out.append(c)
-    return out
-
-
 def _plaintexts(public: PublicKey, values: Sequence[int]) -> list[int]:
     n = public.n
     out = []
     for value in values:
-        m = _fast_int(value, "plaintext")
+        m = _as_int(value, "plaintext")
         if not 0 <= m < n:
             _checked_plaintext(public, m)  # raises PlaintextRangeError with the details
         out.append(m)
     return out
-
-
-def _check_units(public: PublicKey, values: Sequence[int], what: str) -> None:
-    """Every value is a unit modulo ``n``, tested at once: the product modulo ``n`` of units
-    is a unit, and a value sharing a factor with ``n`` makes the product share it (one
-    multiplication modulo ``n`` per value, one ``gcd``; the culprit is named if any)."""
-    n = gmpy2.mpz(public.n)
-    product = gmpy2.mpz(1)
-    for c in values:
-        product = product * c % n
-    if gmpy2.gcd(product, n) != 1:
-        first = next(i for i, c in enumerate(values) if gmpy2.gcd(c, n) != 1)
-        raise CiphertextError(f"{what} {first} is not a unit modulo n: not a valid ciphertext")
-
-
-def dump_ciphertexts(key: PublicKey | PrivateKey, ciphertexts: Sequence[int]) -> bytes:
-    """The bytes of :func:`ciphertexts_to_bytes` (same format, readable by either reader),
-    with a cheaper check: type and range of each value, units tested at once."""
-    public = _public_of(key)
-    checked = _in_range(public, ciphertexts, "ciphertext")
-    _check_units(public, checked, "ciphertext")
-    width = public.ciphertext_bytes
-    head = _CT_HEADER.pack(_CIPHERTEXTS_MAGIC, _FORMAT_VERSION, public._fingerprint, len(checked))
-    return head + b"".join(c.to_bytes(width, "big") for c in checked)
-
-
-def load_ciphertexts(key: PublicKey | PrivateKey, blob: bytes) -> list[int]:
-    """:func:`ciphertexts_from_bytes` with the cheaper check of :func:`dump_ciphertexts`:
-    the same refusals (:class:`CiphertextError`: not ciphertexts, another version or key,
-    truncated or padded, a value out of range or not a unit)."""
-    public = _public_of(key)
-    if not isinstance(blob, bytes | bytearray | memoryview):
-        raise TypeError("blob must be bytes")
-    blob = bytes(blob)
-    if len(blob) < _CT_HEADER.size:
-        raise CiphertextError(f"ciphertext blob is truncated ({len(blob)} bytes, no header)")
-    magic, version, fingerprint, count = _CT_HEADER.unpack_from(blob)
-    if magic != _CIPHERTEXTS_MAGIC:
-        raise CiphertextError("not a fedprop ciphertext blob")
-    if version != _FORMAT_VERSION:
-        raise CiphertextError(f"unsupported ciphertext blob version {version}")
-    if fingerprint != public._fingerprint:
-        raise CiphertextError(
-            f"ciphertexts are under key {fingerprint.hex()[:16]}..., "
-            f"not this job's key {public.fingerprint()[:16]}..."
-        )
-    width = public.ciphertext_bytes
-    expected = _CT_HEADER.size + count * width
-    if len(blob) != expected:
-        state = "truncated" if len(blob) < expected else "followed by extra bytes"
-        raise CiphertextError(
-            f"ciphertext blob of {len(blob)} bytes is {state}: {count} ciphertexts "
-            f"need {expected} bytes"
-        )
-    view = memoryview(blob)[_CT_HEADER.size :]
-    values = [int.from_bytes(view[i * width : (i + 1) * width], "big") for i in range(count)]
-    checked = _in_range(public, values, "ciphertext")
-    _check_units(public, checked, "ciphertext")
-    return checked
 
 
 def _check_parts(parts: int) -> int:
@@ -990,7 +929,7 @@ def multi_exponentiate(
     Exponents must be below ``2^62`` in magnitude. Columns are spread over ``executor`` in
     ``parts`` groups when one is given.
     The bases are checked for range (:class:`CiphertextError`; they should come from
-    :func:`load_ciphertexts` or this process); the result is not re-randomized.
+    :func:`ciphertexts_from_bytes` or this process); the result is not re-randomized.
     """
     public = _public_of(key)
     checked = _in_range(public, bases, "base")

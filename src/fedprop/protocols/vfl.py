@@ -109,7 +109,7 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar, Protocol, TypeVar
+from typing import ClassVar, Protocol, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -120,12 +120,12 @@ from fedprop.crypto.paillier import (
     PublicKey,
     add_ciphertexts,
     add_encryptions,
+    ciphertexts_from_bytes,
+    ciphertexts_to_bytes,
     decrypt_many,
-    dump_ciphertexts,
     encrypt,
     encrypt_batch,
     generate_keypair,
-    load_ciphertexts,
     multi_exponentiate,
     pack_ciphertexts,
     scale_ciphertext,
@@ -458,11 +458,11 @@ class _PaillierCipher:
         return value - n if value > n // 2 else value
 
     def dump(self, items: Sequence[int]) -> bytes:
-        return dump_ciphertexts(self.public, items)
+        return ciphertexts_to_bytes(self.public, items)
 
     def load(self, blob: bytes, count: int, what: str) -> list[int]:
         try:
-            values = load_ciphertexts(self.public, blob)
+            values = ciphertexts_from_bytes(self.public, blob)
         except PaillierError as exc:
             raise VflProtocolError(f"{what}: {exc}") from None
         if len(values) != count:
@@ -593,112 +593,58 @@ class _Message:
 
 
 @dataclass(frozen=True)
-class HostForward(_Message):
+class _BatchMessage(_Message):
+    """A message about one batch of an epoch, carrying a payload of ciphertexts."""
+
+    party: str
+    epoch: int
+    batch: int
+    payload: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check_name(self.party, "party")
+        _check_count(self.epoch, "epoch", 1)
+        _check_count(self.batch, "batch", 0)
+        _check_payload(self.payload)
+
+    @property
+    def _batch_field(self) -> int:
+        return self.batch
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        """Parse :meth:`to_bytes` output; :class:`VflMessageError` if malformed."""
+        party, epoch, batch, payload = cls._parse(data)
+        return cls(party, epoch, batch, payload)
+
+
+@dataclass(frozen=True)
+class HostForward(_BatchMessage):
     """Host -> guest: ``[[U_h,i]]``, the host's encrypted partial scores of one batch."""
 
     KIND: ClassVar[bytes] = b"host-forward"
-    party: str
-    epoch: int
-    batch: int
-    payload: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        _check_name(self.party, "party")
-        _check_count(self.epoch, "epoch", 1)
-        _check_count(self.batch, "batch", 0)
-        _check_payload(self.payload)
-
-    @property
-    def _batch_field(self) -> int:
-        return self.batch
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> HostForward:
-        """Parse :meth:`to_bytes` output; :class:`VflMessageError` if malformed."""
-        party, epoch, batch, payload = cls._parse(data)
-        return cls(party, epoch, batch, payload)
 
 
 @dataclass(frozen=True)
-class GuestResidual(_Message):
+class GuestResidual(_BatchMessage):
     """Guest -> every host: ``[[D_i]]``, fresh encryptions of ``4 d_i 2^fs`` of one batch."""
 
     KIND: ClassVar[bytes] = b"guest-residual"
-    party: str
-    epoch: int
-    batch: int
-    payload: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        _check_name(self.party, "party")
-        _check_count(self.epoch, "epoch", 1)
-        _check_count(self.batch, "batch", 0)
-        _check_payload(self.payload)
-
-    @property
-    def _batch_field(self) -> int:
-        return self.batch
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> GuestResidual:
-        """Parse :meth:`to_bytes` output; :class:`VflMessageError` if malformed."""
-        party, epoch, batch, payload = cls._parse(data)
-        return cls(party, epoch, batch, payload)
 
 
 @dataclass(frozen=True)
-class MaskedGradient(_Message):
+class MaskedGradient(_BatchMessage):
     """Party -> arbiter: the party's packed gradient of one batch, each ciphertext masked
     with a fresh uniform value modulo ``n``."""
 
     KIND: ClassVar[bytes] = b"masked-gradient"
-    party: str
-    epoch: int
-    batch: int
-    payload: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        _check_name(self.party, "party")
-        _check_count(self.epoch, "epoch", 1)
-        _check_count(self.batch, "batch", 0)
-        _check_payload(self.payload)
-
-    @property
-    def _batch_field(self) -> int:
-        return self.batch
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> MaskedGradient:
-        """Parse :meth:`to_bytes` output; :class:`VflMessageError` if malformed."""
-        party, epoch, batch, payload = cls._parse(data)
-        return cls(party, epoch, batch, payload)
 
 
 @dataclass(frozen=True)
-class OpenedGradient(_Message):
+class OpenedGradient(_BatchMessage):
     """Arbiter -> party: the decrypted masked gradient (``G + r mod n``) of one batch."""
 
     KIND: ClassVar[bytes] = b"opened-gradient"
-    party: str
-    epoch: int
-    batch: int
-    payload: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        _check_name(self.party, "party")
-        _check_count(self.epoch, "epoch", 1)
-        _check_count(self.batch, "batch", 0)
-        _check_payload(self.payload)
-
-    @property
-    def _batch_field(self) -> int:
-        return self.batch
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> OpenedGradient:
-        """Parse :meth:`to_bytes` output; :class:`VflMessageError` if malformed."""
-        party, epoch, batch, payload = cls._parse(data)
-        return cls(party, epoch, batch, payload)
 
 
 @dataclass(frozen=True)
