@@ -31,8 +31,6 @@ import argparse
 import datetime
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,6 +41,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
+from bench_audit import machine
 from fedprop.crypto.identity import Manifest, generate_identity
 from fedprop.data.loader import load_party
 from fedprop.data.split import split_bank_marketing
@@ -73,28 +72,6 @@ AGE_CUTS = (30, 40, 50)
 CONTACTS = ("cellular", "telephone", "unknown")
 EPSILON = 1.0
 MIN_CUSTOMERS = 100
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram = "unknown"
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-                break
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "ram": ram,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def policy_text(coordinator: str) -> str:
