@@ -239,8 +239,9 @@ def _flwr(flwr_home: Path, *args: str, timeout: float = 120.0) -> dict[str, obje
         answer = {}
     if done.returncode != 0 or not isinstance(answer, dict) or not answer.get("success"):
         said = answer.get("error-message") if isinstance(answer, dict) else None
-        detail = said or (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise FedpropError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''}: {detail}")
+        printed = (done.stderr or done.stdout).strip().splitlines()
+        detail = " ".join(str(said).split()) if said else (printed[-1] if printed else "no output")
+        raise FedpropError(f"flwr {' '.join(args[:2])}: {detail}")
     return answer
 
 
