@@ -26,6 +26,8 @@ DEFAULT_SOURCE = Path("../shared/data/bank-full.csv")
 DEFAULT_SPEC = Path("configs/bank-marketing-hfl.toml")
 DEFAULT_DATA = Path("data/parties")
 DEFAULT_OUT = Path("runs/demo")
+DEFAULT_QUERY = Path("configs/query-take-up.toml")
+DEFAULT_QUERY_OUT = Path("runs/query")
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
@@ -160,11 +162,12 @@ def _cmd_coordinator_register(args: argparse.Namespace) -> int:
 
 
 def _cmd_coordinator_submit(args: argparse.Namespace) -> int:
-    from fedprop.apps.server_app import RESULT_FILE
+    from fedprop.apps.server_app import ANSWER_CSV, RESULT_FILE
     from fedprop.deploy import submit_job
 
+    asked = {"query": args.query} if args.query else {"job-spec": args.job}
     paths = {
-        "job-spec": args.job,
+        **asked,
         "manifest": args.manifest,
         "coordinator-key-dir": args.key_dir,
         "audit-dir": args.audit_dir,
@@ -175,8 +178,18 @@ def _cmd_coordinator_submit(args: argparse.Namespace) -> int:
     print(f"run {outcome.run_id}: {outcome.status} after {outcome.seconds:.1f} s")
     if not outcome.completed:
         raise JobFailedError(outcome.details or outcome.status)
+    if args.query:
+        print(f"answer: {args.results / ANSWER_CSV}")
+        return 0
     result = json.loads((args.results / RESULT_FILE).read_text(encoding="utf-8"))
     print(f"global AUC {result['final']['auc']:.4f}; result: {args.results / RESULT_FILE}")
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from fedprop.ask import run_local_query
+
+    run_local_query(args.query, args.source, args.data, args.out)
     return 0
 
 
@@ -274,6 +287,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
 
+    query = sub.add_parser(
+        "query", help="ask the four demo banks an aggregate question (encrypted, noised)"
+    )
+    query.add_argument("query", type=Path, nargs="?", default=DEFAULT_QUERY, help="query (TOML)")
+    query.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="bank-full.csv")
+    query.add_argument("--data", type=Path, default=DEFAULT_DATA, help="party data folder")
+    query.add_argument("--out", type=Path, default=DEFAULT_QUERY_OUT, help="answer folder")
+    query.set_defaults(func=_cmd_query)
+
     node = sub.add_parser("node", help="a partner institution's node").add_subparsers(
         dest="node_command", required=True
     )
@@ -326,7 +348,9 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("--state", type=Path, required=True, help="the coordinator's state")
     register.set_defaults(func=_cmd_coordinator_register)
     submit = coordinator.add_parser("submit", help="run a job on the SuperLink; wait for it")
-    submit.add_argument("--job", type=Path, default=DEFAULT_SPEC, help="job spec (TOML)")
+    asked = submit.add_mutually_exclusive_group()
+    asked.add_argument("--job", type=Path, default=DEFAULT_SPEC, help="job spec (TOML)")
+    asked.add_argument("--query", type=Path, help="a query (TOML) instead of a training job")
     submit.add_argument("--manifest", type=Path, required=True, help="federation manifest")
     submit.add_argument("--key-dir", type=Path, required=True, help="coordinator's identity")
     submit.add_argument("--audit-dir", type=Path, required=True, help="coordinator's log folder")

@@ -38,7 +38,7 @@ from fedprop.protocols.hfl import HflResult, RoundRecord
 from fedprop.report import write_report
 from fedprop.spec import Aggregation, JobSpec
 
-__all__ = ["AUC_TOLERANCE", "MIN_BANKS_BEATING_LOCAL", "DemoConfig", "run_demo"]
+__all__ = ["AUC_TOLERANCE", "MIN_BANKS_BEATING_LOCAL", "DemoConfig", "ensure_split", "run_demo"]
 
 #: Quality bar: federated AUC within this distance of the centralized model's.
 AUC_TOLERANCE = 0.005
@@ -63,13 +63,16 @@ class DemoConfig:
     privacy_logs: bool = True
 
 
-def _ensure_split(cfg: DemoConfig, spec: JobSpec, console: Console) -> dict[str, Path]:
-    dirs = {party: cfg.data_dir / party for party in spec.parties}
+def ensure_split(
+    source: Path, data_dir: Path, parties: Sequence[str], console: Console
+) -> dict[str, Path]:
+    """Each bank's data folder under ``data_dir``, split from ``source`` unless there."""
+    dirs = {party: data_dir / party for party in parties}
     if all((d / "train.csv").is_file() and (d / "test.csv").is_file() for d in dirs.values()):
-        console.print(f"Party data: [bold]{cfg.data_dir}[/] (already split)")
+        console.print(f"Party data: [bold]{data_dir}[/] (already split)")
         return dirs
-    console.print(f"Splitting [bold]{cfg.source}[/] into {len(dirs)} banks under {cfg.data_dir}")
-    for s in split_bank_marketing(cfg.source, cfg.data_dir, overwrite=True):
+    console.print(f"Splitting [bold]{source}[/] into {len(dirs)} banks under {data_dir}")
+    for s in split_bank_marketing(source, data_dir, overwrite=True):
         console.print(
             f"  {s.party}: {s.train_rows} train / {s.test_rows} test rows, "
             f"{s.train_positive_rate:.1%} positive"
@@ -251,7 +254,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     spec = JobSpec.load(cfg.spec_path)
     if cfg.overrides:
         spec = spec.with_overrides(cfg.overrides)
-    dirs = _ensure_split(cfg, spec, console)
+    dirs = ensure_split(cfg.source, cfg.data_dir, spec.parties, console)
     parties = [
         PartyData(name, d.train, d.test)
         for name, d in ((n, load_party(dirs[n], spec.schema)) for n in spec.parties)

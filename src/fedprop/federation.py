@@ -50,8 +50,9 @@ class LocalFederation:
         *,
         allow_plaintext: bool = False,
         allow_model_release: bool = False,
+        policies: Mapping[str, Path] | None = None,
     ) -> dict[str, NodeConfig]:
-        """Each party's node configuration."""
+        """Each party's node configuration (``policies``: each party's policy file)."""
         return {
             party: NodeConfig(
                 party=party,
@@ -61,6 +62,7 @@ class LocalFederation:
                 audit_dir=self.audit_dir.resolve(),
                 allow_plaintext=allow_plaintext,
                 allow_model_release=allow_model_release,
+                policy=None if policies is None else Path(policies[party]).resolve(),
             )
             for party, key_dir in self.key_dirs.items()
         }

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 
@@ -55,18 +57,15 @@ from fedprop.audit import (
     release_detail,
     verify_federation,
 )
+from fedprop.audit.log import DetailValue
 from fedprop.crypto.identity import Manifest, NodeIdentity, load_identity
 from fedprop.crypto.params import IDENTITY_DIR_MODE
 from fedprop.errors import FedpropError, JobFailedError
-from fedprop.protocols.hfl import (
-    REQUESTS,
-    AbortRequest,
-    KeysReply,
-    ReleaseRequest,
-    Request,
-    Step,
-)
+from fedprop.protocols.analytics import QueryStep
+from fedprop.protocols.hfl import ReleaseRequest, Step
+from fedprop.protocols.messages import AbortRequest, KeysReply
 from fedprop.protocols.secure_sum import VectorKind
+from fedprop.protocols.steps import REQUESTS, job_of
 from fedprop.spec import JobSpec
 
 __all__ = [
@@ -76,6 +75,7 @@ __all__ = [
     "audit_mod",
     "log_origin",
     "log_path",
+    "note_event",
     "open_party_log",
     "step_label",
     "verify_logs",
@@ -135,15 +135,46 @@ def _spec(spec_text: str) -> JobSpec:
     return JobSpec.from_toml(spec_text, "received job spec")
 
 
-def _request(step: str, message: Message) -> Request | None:
+def _request(step: str, message: Message) -> object | None:
     """The protocol request a message carries, or ``None`` if it carries none."""
     try:
-        return from_record(REQUESTS[Step(step)], message.content)
+        request: object = from_record(REQUESTS[step], message.content)
     except (ValueError, KeyError, FedpropError):
         return None
+    return request
 
 
-def step_label(message_type: str, request: Request | None) -> str:
+def _job(request: object | None) -> str | None:
+    """The id of the job or query a request is for, if it names one."""
+    text = getattr(request, "spec", None)
+    ref = job_of(text) if isinstance(text, str) else None
+    return None if ref is None else ref.id
+
+
+Event = tuple[EventKind, Mapping[str, DetailValue]]
+_NOTED: ContextVar[list[Event] | None] = ContextVar("fedprop_noted_events", default=None)
+
+
+def note_event(kind: EventKind, detail: Mapping[str, DetailValue]) -> None:
+    """Have the node's audit write ``kind`` with ``detail`` for the message being answered,
+    in the same durable batch as the reply (a step handler reports budget spends and
+    releases this way). Without an audit around the handler, nothing is written."""
+    noted = _NOTED.get()
+    if noted is not None:
+        noted.append((kind, detail))
+
+
+@contextmanager
+def _noting() -> Iterator[list[Event]]:
+    noted: list[Event] = []
+    token = _NOTED.set(noted)
+    try:
+        yield noted
+    finally:
+        _NOTED.reset(token)
+
+
+def step_label(message_type: str, request: object | None) -> str:
     """An entry's ``step``: the message type, and the protocol round where there is one."""
     round_ = getattr(request, "round", None)
     return message_type if round_ is None else f"{message_type} round {round_}"
@@ -172,10 +203,7 @@ class NodeAudit:
         message_type = message.metadata.message_type
         request = _request(message_type, message)
         step = step_label(message_type, request)
-        try:
-            job = _spec(request.spec).id if request is not None else None
-        except FedpropError:
-            job = None
+        job = _job(request)
         # One batch, made durable before the reply leaves. A crash before then loses the
         # receipt too, and no reply was sent: the coordinator's record of sending is then
         # an unanswered message, as for any node that failed.
@@ -186,13 +214,18 @@ class NodeAudit:
                 step=step,
                 detail=message_detail(message_bytes(message), self.coordinator, message_type),
             )
+            noted: list[Event] = []
             try:
                 self._witness(message, job, step)
             except FedpropError as exc:
                 reply = error_reply(message, AUDIT_ERROR_CODE, self.log.party, str(exc))
             else:
-                reply = call_next(message, context)
+                with _noting() as noted:
+                    reply = call_next(message, context)
             self._record_outcome(message_type, step, job, request, reply)
+            if job is not None and not reply.has_error():
+                for kind, detail in noted:
+                    self.log.append(kind, job=job, step=step, detail=detail)
             self.log.append(
                 EventKind.MESSAGE_SENT,
                 job=job,
@@ -214,7 +247,7 @@ class NodeAudit:
         message_type: str,
         step: str,
         job: str | None,
-        request: Request | None,
+        request: object | None,
         reply: Message,
     ) -> None:
         if job is None:
@@ -235,13 +268,12 @@ class NodeAudit:
             self.log.append(EventKind.ERROR, job=job, step=step, detail=detail)
             return
         if job not in self._accepted and request is not None:
-            spec = _spec(request.spec)
-            rule = f"parties in pinned manifest; aggregation {spec.aggregation.value} allowed"
+            rule = _accepted_rule(str(getattr(request, "spec", "")))
             self.log.append(
                 EventKind.JOB_ACCEPTED, job=job, step=step, detail=decision_detail(rule)
             )
             self._accepted.add(job)
-        if message_type == Step.KEYS:
+        if message_type in (Step.KEYS, QueryStep.KEYS):
             bundle = _reply_bundle(reply)
             if bundle:
                 detail = key_ceremony_detail("job-key-made-and-sealed", bundle)
@@ -256,6 +288,16 @@ class NodeAudit:
             self.log.append(
                 EventKind.RELEASE, job=job, step=step, detail=release_detail(what, rule)
             )
+
+
+def _accepted_rule(text: str) -> str:
+    """Why a node carried out a job's first step: its policy allowed it (queries), or the
+    job's parties and aggregation mode passed its checks (training)."""
+    ref = job_of(text)
+    if ref is not None and ref.kind == "query":
+        return "query allowed by the node's policy and budget; signed by the pinned coordinator"
+    aggregation = _spec(text).aggregation.value
+    return f"parties in pinned manifest; aggregation {aggregation} allowed"
 
 
 def _reply_bundle(reply: Message) -> bytes:

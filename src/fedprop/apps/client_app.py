@@ -18,6 +18,11 @@ The SuperNode's ``--node-config`` tells the node who and where it is:
 | ``audit-dir`` | folder of its privacy log (:mod:`fedprop.apps.audit`) |
 | ``allow-plaintext`` | accept ``plaintext`` aggregation (default false) |
 | ``allow-model-release`` | release the final model to the coordinator (default false) |
+| ``policy`` | the node's privacy policy (TOML); without one it answers no query |
+| ``ledger`` | its budget ledger (default ``<audit-dir>/<party>.budget.jsonl``) |
+
+Every message passes the node's audit (:mod:`fedprop.apps.audit`), then its policy gate
+(:mod:`fedprop.apps.policy`), before a step handler runs.
 
 In the Simulation Engine, a locator maps each virtual node's
 ``partition-id`` to one of these configurations instead.
@@ -30,24 +35,34 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedprop.apps.audit import audit_mod
+from fedprop.apps.audit import audit_mod, note_event
+from fedprop.apps.policy import policy_mod
 from fedprop.apps.records import error_reply, from_record, to_record
+from fedprop.audit import EventKind, budget_detail, release_detail
 from fedprop.crypto.identity import Manifest, load_identity
 from fedprop.data.loader import load_party
+from fedprop.data.schema import Schema
 from fedprop.errors import FedpropError
-from fedprop.privacy.policy import decide, load_policy, training_request
-from fedprop.protocols.hfl import (
-    REQUESTS,
-    AbortReply,
-    HflNode,
-    NodeSettings,
-    Request,
-    Step,
+from fedprop.privacy.ledger import BudgetLedger
+from fedprop.privacy.policy import load_policy
+from fedprop.protocols.analytics import (
+    QueryNode,
+    QueryNodeAdapter,
+    QueryNodeSettings,
+    QueryReleaseRequest,
+    QueryRequest,
+    QuerySpec,
+    QueryStep,
 )
+from fedprop.protocols.hfl import HflNode, NodeSettings, Step
+from fedprop.protocols.messages import AbortReply
+from fedprop.protocols.steps import REQUESTS
 from fedprop.spec import JobSpec
 
 __all__ = [
@@ -75,6 +90,12 @@ class NodeConfig:
     allow_plaintext: bool = False
     allow_model_release: bool = False
     policy: Path | None = None
+    ledger: Path | None = None
+
+    @property
+    def ledger_path(self) -> Path:
+        """The node's budget ledger (``ledger``, or its default in the audit folder)."""
+        return self.ledger or self.audit_dir / f"{self.party}.budget.jsonl"
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, object]) -> NodeConfig:
@@ -100,6 +121,7 @@ class NodeConfig:
             allow_plaintext=flag("allow-plaintext"),
             allow_model_release=flag("allow-model-release"),
             policy=Path(str(config["policy"])) if "policy" in config else None,
+            ledger=Path(str(config["ledger"])) if "ledger" in config else None,
         )
 
     def settings(self) -> NodeSettings:
@@ -140,27 +162,72 @@ def _node(spec_text: str, config: NodeConfig) -> HflNode:
     """A node for this job, kept between messages so data is read and encoded once."""
     spec = JobSpec.from_toml(spec_text, "received job spec")
     settings = config.settings()
-    if config.policy is not None:
-        # The node's own policy decides, before any data is read.
-        decide(
-            load_policy(config.policy), training_request(spec, settings.manifest)
-        ).raise_if_refused()
     data = dataclasses.replace(load_party(config.data_dir, spec.schema), name=config.party)
     return HflNode(spec, data, settings)
 
 
+def _query_adapter(config: NodeConfig) -> QueryNodeAdapter:
+    """This node's query role: policy and ledger from its own files; its rows (train and
+    test together) read only once a query was admitted."""
+    if config.policy is None:
+        raise FedpropError("this node has no privacy policy, so it answers no query")
+    settings = config.settings()
+    policy = load_policy(config.policy)
+    if policy.dp is None:
+        raise FedpropError(f"{config.policy}: no [dp] budget, so no query may spend one")
+
+    def rows(schema: Schema) -> pd.DataFrame:
+        data = load_party(config.data_dir, schema)
+        return pd.concat([data.train, data.test], ignore_index=True)
+
+    ledger = BudgetLedger(config.ledger_path, policy.dp)
+    return QueryNodeAdapter(
+        QueryNode(rows, QueryNodeSettings(settings.identity, settings.manifest, policy, ledger))
+    )
+
+
+def _answer_query(
+    config: NodeConfig, step: QueryStep, request: QueryRequest | QueryReleaseRequest
+) -> object:
+    """Answer a query step; report the budget spend or the release to the node's log."""
+    adapter = _query_adapter(config)
+    reply = adapter.handle(step, request)
+    node = adapter.node
+    if step is QueryStep.CONTRIBUTE and node.last_spend is not None:
+        d = node.last_spend
+        note_event(
+            EventKind.BUDGET_SPEND,
+            budget_detail(
+                f"coordinator {d.coordinator}",
+                max(d.after.epsilon - d.before.epsilon, 0.0),
+                max(d.after.delta - d.before.delta, 0.0),
+                d.limit_epsilon,
+                d.limit_delta,
+            ),
+        )
+    if step is QueryStep.RELEASE:
+        query = QuerySpec.from_toml(request.spec, "query")
+        what = f"noised answer of query {query.id}, {query.cells} cell(s)"
+        rule = f"cells of at least k customers; epsilon {query.epsilon}, delta {query.delta}"
+        note_event(EventKind.RELEASE, release_detail(what, rule))
+    return reply
+
+
 def _answer(locate: Locator, message: Message, context: Context) -> Message:
-    step = Step(message.metadata.message_type)
+    message_type = message.metadata.message_type
     party = "?"
     try:
         config = locate(context)
         party = config.party
-        request: Request = from_record(REQUESTS[step], message.content)
-        if step is Step.ABORT:
+        request: Any = from_record(REQUESTS[message_type], message.content)
+        if message_type == Step.ABORT:
             _node.cache_clear()
             return Message(to_record(AbortReply(config.party)), reply_to=message)
-        node = _node(request.spec, config)
-        return Message(to_record(node.handle(step, request)), reply_to=message)
+        if isinstance(request, QueryRequest | QueryReleaseRequest):
+            reply = _answer_query(config, QueryStep(message_type), request)
+        else:
+            reply = _node(request.spec, config).handle(Step(message_type), request)
+        return Message(to_record(reply), reply_to=message)
     except FedpropError as exc:
         return error_reply(message, ERROR_CODE, party, str(exc))
 
@@ -176,31 +243,23 @@ def build_client_app(locate: Locator = node_config_locator, *, audit: bool = Tru
         config = locate(context)
         return config.party, config.audit_dir, config.key_dir, config.manifest
 
-    client_app = ClientApp(mods=[audit_mod(paths)] if audit else [])
+    def policy_paths(context: Context) -> tuple[str, Path, Path | None]:
+        config = locate(context)
+        return config.party, config.manifest, config.policy
 
-    @client_app.query("keys")
-    def keys(message: Message, context: Context) -> Message:
+    gate = policy_mod(policy_paths)
+    client_app = ClientApp(mods=[audit_mod(paths), gate] if audit else [gate])
+
+    def answer(message: Message, context: Context) -> Message:
         return _answer(locate, message, context)
 
-    @client_app.query("stats")
-    def stats(message: Message, context: Context) -> Message:
-        return _answer(locate, message, context)
-
-    @client_app.query("release")
-    def release(message: Message, context: Context) -> Message:
-        return _answer(locate, message, context)
-
-    @client_app.query("abort")
-    def abort(message: Message, context: Context) -> Message:
-        return _answer(locate, message, context)
-
-    @client_app.train()
-    def train(message: Message, context: Context) -> Message:
-        return _answer(locate, message, context)
-
-    @client_app.evaluate()
-    def evaluate(message: Message, context: Context) -> Message:
-        return _answer(locate, message, context)
+    # One handler for every step: the message type says which; unknown types never reach it.
+    for message_type in REQUESTS:
+        category, _, action = message_type.partition(".")
+        if category == "query":
+            client_app.query(action)(answer)
+    client_app.train()(answer)
+    client_app.evaluate()(answer)
 
     return client_app
 

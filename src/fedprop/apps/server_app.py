@@ -12,8 +12,9 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from flwr.app import Context, Message
 from flwr.common.constant import ErrorCode
@@ -25,24 +26,21 @@ from fedprop.audit import AuditLog
 from fedprop.crypto.identity import Manifest, load_identity
 from fedprop.errors import FedpropError, JobFailedError
 from fedprop.files import write_text_atomic
-from fedprop.protocols.hfl import (
-    REPLIES,
-    AbortRequest,
-    HflResult,
-    ProgressFn,
-    Reply,
-    Request,
-    Step,
-    run_hfl,
-)
+from fedprop.protocols.analytics import QueryOutcome, QuerySpec, answer_frame, run_query
+from fedprop.protocols.hfl import HflResult, ProgressFn, Step, run_hfl
+from fedprop.protocols.messages import AbortRequest
+from fedprop.protocols.steps import REPLIES
 from fedprop.spec import JobSpec
 
 __all__ = [
+    "ANSWER_CSV",
+    "ANSWER_JSON",
     "RESULT_FILE",
     "CoordinatorConfig",
     "GridTransport",
     "app",
     "build_server_app",
+    "write_answer",
     "write_result",
 ]
 
@@ -166,8 +164,8 @@ class GridTransport:
                     self.audit.unanswered(self._party(node_id), str(r.error.reason), label)
 
     def broadcast(
-        self, step: Step, request: Request, to: Sequence[str] | None = None
-    ) -> Mapping[str, Reply]:
+        self, step: StrEnum, request: Any, to: Sequence[str] | None = None
+    ) -> Mapping[str, Any]:
         """Send ``request`` to the nodes of the parties ``to`` (default: every node);
         return each party's reply. With an audit, every message is on the coordinator's
         log, each request carries its latest signed checkpoint and each reply's checkpoint
@@ -190,12 +188,12 @@ class GridTransport:
         label = step_label(step.value, request)
         unknown = self._log_sends(messages, label)
         replies = self._send_and_receive(messages)
-        decoded: dict[int, Reply] = {}
+        decoded: dict[int, Any] = {}
         undecodable: dict[int, str] = {}
         for node_id, r in replies.items():
             if not r.has_error():
                 try:
-                    decoded[node_id] = from_record(REPLIES[step], r.content)
+                    decoded[node_id] = from_record(REPLIES[step.value], r.content)
                 except FedpropError as exc:
                     undecodable[node_id] = str(exc)
         for node_id, r in replies.items():
@@ -224,7 +222,7 @@ class GridTransport:
             self._fail(
                 label, silent, f"{step.value}: no reply within {timeout} from {', '.join(silent)}"
             )
-        by_party: dict[str, Reply] = {}
+        by_party: dict[str, Any] = {}
         for node_id in replies:
             name = self._party(node_id)
             if node_id in undecodable:
@@ -259,34 +257,70 @@ class GridTransport:
 
 
 ResultSink = Callable[[HflResult], None]
+AnswerSink = Callable[[QueryOutcome], None]
 
 
 def build_server_app(
     spec: JobSpec | None = None,
     manifest: Manifest | None = None,
     *,
+    query: str | None = None,
     coordinator: CoordinatorConfig | None = None,
     progress: ProgressFn | None = None,
     on_result: ResultSink | None = None,
+    on_answer: AnswerSink | None = None,
     audit: bool = True,
 ) -> ServerApp:
-    """A ServerApp that runs ``spec`` with ``manifest`` (or the run config's files).
+    """A ServerApp that runs a training job or a query.
 
-    The run config names them as ``job-spec`` and ``manifest`` (paths), and the
-    coordinator's identity and log folder as ``coordinator-key-dir`` and
-    ``audit-dir`` unless ``coordinator`` is given; with ``results-dir``, the result
-    is also written there (:func:`write_result`); ``step-timeout`` bounds the wait for
-    every node's reply to a step (seconds). ``audit=False`` exists only to
-    measure what logging costs.
+    A training job: ``spec`` or the run config's ``job-spec`` (path); a query: the text
+    ``query`` or the run config's ``query`` (path). The federation is ``manifest`` or the
+    run config's ``manifest`` (path), and the coordinator's identity and log folder are
+    ``coordinator`` or the run config's ``coordinator-key-dir`` and ``audit-dir``. With
+    ``results-dir``, the result is also written there (:func:`write_result`,
+    :func:`write_answer`); ``step-timeout`` bounds the wait for every node's reply to a
+    step (seconds). ``audit=False`` exists only to measure what logging costs (training).
     """
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         config = context.run_config
-        job = spec or JobSpec.load(Path(str(_run_config(config, "job-spec"))))
         federation = manifest or _load_manifest(Path(str(_run_config(config, "manifest"))))
         timeout = float(str(config.get("step-timeout", STEP_TIMEOUT_SECONDS)))
+
+        def where() -> CoordinatorConfig:
+            return coordinator or CoordinatorConfig(
+                Path(str(_run_config(config, "coordinator-key-dir"))),
+                Path(str(_run_config(config, "audit-dir"))),
+            )
+
+        results = Path(str(config["results-dir"])) if "results-dir" in config else None
+        query_text = query
+        if query_text is None and spec is None and "query" in config:
+            query_text = _read_text(Path(str(config["query"])), "query")
+        if query_text is not None:
+            asked = QuerySpec.from_toml(query_text, "query")
+            with where().open_log(federation) as log:
+                transport = GridTransport(
+                    grid,
+                    asked.parties,
+                    audit=CoordinatorAudit(log, federation, asked.id),
+                    step_timeout=timeout,
+                )
+                try:
+                    outcome = run_query(
+                        query_text, transport, federation, load_identity(where().key_dir)
+                    )
+                except JobFailedError:
+                    transport.abort(query_text)
+                    raise
+            if results is not None:
+                write_answer(outcome, results)
+            if on_answer is not None:
+                on_answer(outcome)
+            return
+        job = spec or JobSpec.load(Path(str(_run_config(config, "job-spec"))))
 
         def run(log: CoordinatorAudit | None) -> HflResult:
             transport = GridTransport(grid, job.parties, audit=log, step_timeout=timeout)
@@ -299,14 +333,10 @@ def build_server_app(
         if not audit:
             result = run(None)
         else:
-            where = coordinator or CoordinatorConfig(
-                Path(str(_run_config(config, "coordinator-key-dir"))),
-                Path(str(_run_config(config, "audit-dir"))),
-            )
-            with where.open_log(federation) as log:
+            with where().open_log(federation) as log:
                 result = run(CoordinatorAudit(log, federation, job.id))
-        if "results-dir" in config:
-            write_result(result, Path(str(config["results-dir"])))
+        if results is not None:
+            write_result(result, results)
         if on_result is not None:
             on_result(result)
 
@@ -315,6 +345,9 @@ def build_server_app(
 
 #: The result file a deployed job writes into its ``results-dir``.
 RESULT_FILE = "result.json"
+#: The answer files a query writes into its ``results-dir``.
+ANSWER_JSON = "answer.json"
+ANSWER_CSV = "answer.csv"
 
 
 def write_result(result: HflResult, folder: Path) -> Path:
@@ -334,6 +367,16 @@ def write_result(result: HflResult, folder: Path) -> Path:
     path = folder / RESULT_FILE
     write_text_atomic(path, json.dumps(payload, indent=2), mode=0o600)
     return path
+
+
+def write_answer(outcome: QueryOutcome, folder: Path) -> tuple[Path, Path]:
+    """Write a query's answer as ``answer.json`` (everything, with noise scales) and
+    ``answer.csv`` (one row per released or suppressed cell)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = folder / ANSWER_JSON, folder / ANSWER_CSV
+    write_text_atomic(json_path, outcome.answer.to_json(), mode=0o600)
+    write_text_atomic(csv_path, answer_frame(outcome.answer).to_csv(index=False), mode=0o600)
+    return json_path, csv_path
 
 
 @dataclass(frozen=True)
@@ -361,11 +404,15 @@ def _run_config(config: Mapping[str, object], key: str) -> object:
     return config[key]
 
 
-def _load_manifest(path: Path) -> Manifest:
+def _read_text(path: Path, what: str) -> str:
     try:
-        return Manifest.from_json(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise FedpropError(f"{path}: cannot read the manifest: {exc}") from None
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FedpropError(f"{path}: cannot read the {what}: {exc}") from None
+
+
+def _load_manifest(path: Path) -> Manifest:
+    return Manifest.from_json(_read_text(path, "manifest"))
 
 
 #: The ServerApp a deployed SuperLink runs (``[tool.flwr.app.components]``).

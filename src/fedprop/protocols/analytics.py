@@ -91,12 +91,13 @@ import json
 import math
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
+from typing import Protocol as TypingProtocol
 
 import numpy as np
 import numpy.typing as npt
@@ -107,7 +108,7 @@ from fedprop.crypto.params import ALLOWED_PAILLIER_BITS, DEFAULT_PAILLIER_BITS
 from fedprop.data.schema import Column, ColumnKind, Schema
 from fedprop.errors import FedpropError, JobFailedError, SpecError
 from fedprop.framing import join_frames, split_frames
-from fedprop.privacy.ledger import BudgetLedger, Mechanism, MechanismKind, Spend
+from fedprop.privacy.ledger import BudgetDecision, BudgetLedger, Mechanism, MechanismKind, Spend
 from fedprop.privacy.noise import (
     NoiseSource,
     discrete_laplace_tail,
@@ -122,6 +123,8 @@ from fedprop.privacy.policy import (
     decide,
     effective_k,
 )
+from fedprop.protocols.keys import KeyBundle, make_bundle
+from fedprop.protocols.messages import ContributionReply, KeysReply
 from fedprop.protocols.secure_sum import (
     Contribution,
     PaillierScheme,
@@ -139,28 +142,41 @@ __all__ = [
     "MAX_CELLS",
     "MAX_SUM_UNITS",
     "MAX_VECTOR_VALUES",
+    "QUERY_REPLIES",
+    "QUERY_REQUESTS",
+    "AnswerReply",
     "Calibration",
     "CellAnswer",
     "Filter",
     "GroupBy",
+    "KeyScope",
     "Measure",
     "MeasureAnswer",
     "MeasureKind",
     "QueryAnswer",
     "QueryCoordinator",
     "QueryNode",
+    "QueryNodeAdapter",
     "QueryNodeSettings",
+    "QueryOutcome",
+    "QueryReleaseRequest",
+    "QueryRequest",
     "QueryRun",
     "QuerySpec",
+    "QueryStep",
+    "QueryTransport",
     "ReleaseRefusedError",
     "SignedAnswer",
     "answer_frame",
     "band_labels",
     "calibrate",
     "local_aggregates",
+    "query_signer",
     "query_spend",
     "release_cells",
+    "run_query",
     "run_query_in_process",
+    "sign_query",
 ]
 
 #: Most cells a query's grid may have: more cells than customers in a segment only makes
@@ -172,6 +188,8 @@ MAX_VECTOR_VALUES: Final = 100_000
 #: Largest clip bound of a sum, in grid units (``max(|lo|, |hi|) / resolution``): keeps
 #: every party's cell sum exact in the secure sum's fixed-point slots (at most 2**40).
 MAX_SUM_UNITS: Final = 2**24
+
+T = TypeVar("T")
 
 _ID_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 _RELEASE_CONTEXT: Final = b"fedprop-query-release-v1"
@@ -275,6 +293,17 @@ class Filter:
 
 
 @dataclass(frozen=True)
+class KeyScope:
+    """A query's job key: made by ``key_holder`` for ``parties``, bound to ``id`` (the
+    query's contribution id, so no training job's bundle can pass for it)."""
+
+    id: str
+    key_holder: str
+    key_bits: int
+    parties: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class QuerySpec:
     """A parsed, checked query. Build it with :meth:`from_toml`; ``text`` is its TOML."""
 
@@ -368,6 +397,11 @@ class QuerySpec:
         """Columns the measures read (the policy's targets)."""
         columns = [m.column for m in self.measures if m.column is not None]
         return tuple(dict.fromkeys(columns))
+
+    @property
+    def key_scope(self) -> KeyScope:
+        """What the query's Paillier key is made for (bound to this exact query text)."""
+        return KeyScope(self.contribution_id, self.key_holder, self.key_bits, self.parties)
 
     def to_request(self, federation: str, coordinator: str) -> JobRequest:
         """What this query asks of a node, for :func:`~fedprop.privacy.policy.decide`.
@@ -1261,10 +1295,22 @@ class QueryNode:
     :attr:`timings` holds the seconds each part of the last step took.
     """
 
-    def __init__(self, frame: pd.DataFrame, settings: QueryNodeSettings) -> None:
-        self.frame = frame
+    def __init__(
+        self,
+        data: pd.DataFrame | Callable[[Schema], pd.DataFrame],
+        settings: QueryNodeSettings,
+    ) -> None:
+        self._data = data
+        self._frame: pd.DataFrame | None = None
         self.settings = settings
         self.timings: dict[str, float] = {}
+        self.last_spend: BudgetDecision | None = None
+
+    def frame(self, schema: Schema) -> pd.DataFrame:
+        """This node's rows, read (once) only when a query was admitted."""
+        if self._frame is None:
+            self._frame = self._data if isinstance(self._data, pd.DataFrame) else self._data(schema)
+        return self._frame
 
     @property
     def name(self) -> str:
@@ -1284,7 +1330,9 @@ class QueryNode:
         request = query.to_request(self.settings.manifest.federation, coordinator)
         decide(self.settings.policy, request).raise_if_refused()
         spend = query_spend(query, coordinator)
-        self.settings.ledger.check(spend).raise_if_refused()
+        decision = self.settings.ledger.check(spend)
+        decision.raise_if_refused()
+        self.last_spend = decision
         return query, spend
 
     def contribute(self, query_text: str, coordinator: str, scheme: SumScheme) -> Contribution:
@@ -1293,7 +1341,7 @@ class QueryNode:
         query, spend = self.admit(query_text, coordinator)
         _check_scheme(query, scheme)
         clock.lap("admit")
-        vector = local_aggregates(query, self.frame)
+        vector = local_aggregates(query, self.frame(query.schema))
         clock.lap("aggregates")
         payload = scheme.seal(vector, query.count_values)
         clock.lap("seal")
@@ -1477,3 +1525,205 @@ def run_query_in_process(
         coordinator_seconds={"collect": collect, "accept": accept},
         bytes_to_coordinator=c.received + len(reply.to_bytes()),
     )
+
+
+# --- over a transport (Flower) -------------------------------------------------------------
+
+_QUERY_SIGNATURE_CONTEXT: Final = b"fedprop-query-v1"
+
+
+class QueryStep(StrEnum):
+    """A query's steps; the values are the Flower message types that carry them (Flower
+    takes only Python identifiers after ``query.``)."""
+
+    KEYS = "query.analytics_keys"
+    CONTRIBUTE = "query.analytics_contribute"
+    RELEASE = "query.analytics_release"
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """The keys and contribute steps: the query text, the coordinator's signature over
+    it, and (paillier, after the key step) the query's key bundle."""
+
+    spec: str
+    signature: bytes
+    keys: bytes
+
+
+@dataclass(frozen=True)
+class QueryReleaseRequest:
+    """The release step, to the releaser: the request fields and the signed sum."""
+
+    spec: str
+    signature: bytes
+    keys: bytes
+    total: bytes
+
+
+@dataclass(frozen=True)
+class AnswerReply:
+    """The releaser's answer (JSON) and its signature."""
+
+    party: str
+    answer: str
+    signature: bytes
+
+
+#: The request each step carries, and the reply it expects.
+QUERY_REQUESTS: Mapping[QueryStep, type[QueryRequest | QueryReleaseRequest]] = {
+    QueryStep.KEYS: QueryRequest,
+    QueryStep.CONTRIBUTE: QueryRequest,
+    QueryStep.RELEASE: QueryReleaseRequest,
+}
+QUERY_REPLIES: Mapping[QueryStep, type[KeysReply | ContributionReply | AnswerReply]] = {
+    QueryStep.KEYS: KeysReply,
+    QueryStep.CONTRIBUTE: ContributionReply,
+    QueryStep.RELEASE: AnswerReply,
+}
+
+
+def sign_query(coordinator: NodeIdentity, query_text: str) -> bytes:
+    """The coordinator's signature over a query's exact text."""
+    return sign(coordinator, join_frames([_QUERY_SIGNATURE_CONTEXT, query_text.encode("utf-8")]))
+
+
+def query_signer(manifest: Manifest, query_text: str, signature: bytes) -> str:
+    """The fingerprint of the manifest's coordinator, once ``signature`` is its signature
+    over ``query_text``; :class:`~fedprop.errors.FedpropError` otherwise (a forged query,
+    or one a node's pinned manifest does not vouch for)."""
+    if manifest.coordinator is None:
+        raise FedpropError(
+            f"the pinned manifest of '{manifest.federation}' lists no coordinator: "
+            "no query can be checked, so none is answered"
+        )
+    try:
+        verify(
+            manifest.coordinator,
+            join_frames([_QUERY_SIGNATURE_CONTEXT, query_text.encode("utf-8")]),
+            signature,
+        )
+    except FedpropError:
+        raise FedpropError(
+            "the query is not signed by the coordinator of the pinned manifest; refused"
+        ) from None
+    return manifest.coordinator.fingerprint()
+
+
+class QueryNodeAdapter:
+    """Answers a query's steps for one :class:`QueryNode` (what a Flower node calls).
+
+    Every step first checks the coordinator's signature over the query text; the key
+    step makes the query's key at its key holder; contribute and release run the
+    node's own checks (policy, budget, one release per query).
+    """
+
+    def __init__(self, node: QueryNode) -> None:
+        self.node = node
+
+    def _scheme(self, query: QuerySpec, keys: bytes) -> SumScheme:
+        if query.aggregation is Aggregation.PLAINTEXT:
+            return PlaintextScheme()
+        settings = self.node.settings
+        private = KeyBundle.from_bytes(keys).private(
+            query.key_scope, settings.manifest, settings.identity
+        )
+        return PaillierScheme(private, len(query.parties))
+
+    def handle(
+        self, step: QueryStep, request: QueryRequest | QueryReleaseRequest
+    ) -> KeysReply | ContributionReply | AnswerReply:
+        """Answer one request (the single entry point an adapter calls)."""
+        settings = self.node.settings
+        coordinator = query_signer(settings.manifest, request.spec, request.signature)
+        if step is QueryStep.KEYS:
+            query, _ = self.node.admit(request.spec, coordinator)
+            if self.node.name != query.key_holder or query.aggregation is Aggregation.PLAINTEXT:
+                return KeysReply(self.node.name, b"")
+            bundle = make_bundle(query.key_scope, settings.manifest, settings.identity)
+            return KeysReply(self.node.name, bundle.to_bytes())
+        query = QuerySpec.from_toml(request.spec, "query")
+        scheme = self._scheme(query, request.keys)
+        if step is QueryStep.CONTRIBUTE and isinstance(request, QueryRequest):
+            c = self.node.contribute(request.spec, coordinator, scheme)
+            return ContributionReply(c.party, c.payload, c.signature)
+        if step is QueryStep.RELEASE and isinstance(request, QueryReleaseRequest):
+            signed = self.node.release(request.spec, coordinator, scheme, request.total)
+            return AnswerReply(signed.party, signed.answer, signed.signature)
+        raise FedpropError(f"step '{step}' does not take a {type(request).__name__}")
+
+
+class QueryTransport(TypingProtocol):
+    """Delivers one query request to some parties and returns their replies by party
+    (raising :class:`~fedprop.errors.JobFailedError` naming a party that failed)."""
+
+    def broadcast(
+        self,
+        step: QueryStep,
+        request: QueryRequest | QueryReleaseRequest,
+        to: Sequence[str] | None = None,
+    ) -> Mapping[str, Any]:
+        """Send ``request`` to the parties ``to`` (default: all); replies by party."""
+        ...
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    """What the coordinator holds after a query: the answer and the time it took."""
+
+    answer: QueryAnswer
+    seconds: float
+    #: Bytes of every node's replies (contributions, and the answer).
+    bytes_received: int
+
+
+def _reply(replies: Mapping[str, Any], party: str, kind: type[T], step: QueryStep) -> T:
+    reply = replies.get(party)
+    if not isinstance(reply, kind):
+        raise JobFailedError(f"{step.value}: no {kind.__name__} from '{party}'")
+    return reply
+
+
+def run_query(
+    query_text: str,
+    transport: QueryTransport,
+    manifest: Manifest,
+    coordinator: NodeIdentity,
+) -> QueryOutcome:
+    """Run one query over ``transport`` as the coordinator ``coordinator``.
+
+    Steps: ``keys`` (paillier: the key holder makes the query's key and seals it to every
+    party; the coordinator keeps the public key), ``contribute`` (every party), ``release``
+    (the releaser only). Each request carries the query and the coordinator's signature.
+    ``transport`` sends to the query's parties by default.
+    """
+    started = time.perf_counter()
+    query = QuerySpec.from_toml(query_text, "query")
+    signature = sign_query(coordinator, query_text)
+    scheme: SumScheme = PlaintextScheme()
+    keys = b""
+    if query.aggregation is Aggregation.PAILLIER:
+        replies = transport.broadcast(QueryStep.KEYS, QueryRequest(query_text, signature, b""))
+        reply = _reply(replies, query.key_holder, KeysReply, QueryStep.KEYS)
+        try:
+            public = KeyBundle.from_bytes(reply.bundle).public(query.key_scope, manifest)
+        except FedpropError as exc:
+            raise JobFailedError(f"{QueryStep.KEYS.value}: {exc}") from None
+        keys = reply.bundle
+        scheme = PaillierScheme(public, len(query.parties))
+    c = QueryCoordinator(query_text, manifest, scheme)
+    replies = transport.broadcast(QueryStep.CONTRIBUTE, QueryRequest(query_text, signature, keys))
+    contributions = []
+    for party in query.parties:
+        r = _reply(replies, party, ContributionReply, QueryStep.CONTRIBUTE)
+        contributions.append(Contribution(r.party, r.payload, r.signature))
+    total = c.collect(contributions)
+    replies = transport.broadcast(
+        QueryStep.RELEASE,
+        QueryReleaseRequest(query_text, signature, keys, total),
+        [query.releaser],
+    )
+    answer = _reply(replies, query.releaser, AnswerReply, QueryStep.RELEASE)
+    result = c.accept(SignedAnswer(answer.party, answer.answer, answer.signature))
+    received = c.received + len(answer.answer.encode("utf-8")) + len(answer.signature)
+    return QueryOutcome(result, time.perf_counter() - started, received)

@@ -63,6 +63,7 @@ from fedprop.models.metrics import GlobalMetrics, ScoreHistogram, global_metrics
 from fedprop.models.nets import build_model, load_vector, parameter_count, to_vector
 from fedprop.models.train import positive_weight, predict_proba, train_epochs
 from fedprop.protocols.keys import KeyBundle, make_bundle
+from fedprop.protocols.messages import AbortReply, AbortRequest, ContributionReply, KeysReply
 from fedprop.protocols.secure_sum import (
     Contribution,
     PaillierScheme,
@@ -129,14 +130,6 @@ class JobRequest:
 
 
 @dataclass(frozen=True)
-class KeysReply:
-    """The key holder's bundle (other parties answer with empty bytes)."""
-
-    party: str
-    bundle: bytes
-
-
-@dataclass(frozen=True)
 class ModelRequest:
     """Train or evaluate from the global model.
 
@@ -163,37 +156,12 @@ class ReleaseRequest:
 
 
 @dataclass(frozen=True)
-class ContributionReply:
-    """A node's sealed, signed vector."""
-
-    party: str
-    payload: bytes
-    signature: bytes
-
-
-@dataclass(frozen=True)
 class ReleaseReply:
     """An opened sum and the releasing node's signature over it."""
 
     party: str
     values: np.ndarray
     signature: bytes
-
-
-@dataclass(frozen=True)
-class AbortRequest:
-    """The coordinator stopped the job: which step failed at which parties (no detail of
-    any party's error reaches the others)."""
-
-    spec: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class AbortReply:
-    """A node's acknowledgement that it dropped the job."""
-
-    party: str
 
 
 Request = JobRequest | ModelRequest | ReleaseRequest | AbortRequest

@@ -12,6 +12,7 @@ the spec asks for (never under the minimum); the coordinator checks the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from fedprop.crypto.identity import (
     Manifest,
@@ -27,11 +28,27 @@ from fedprop.crypto.paillier import PrivateKey, PublicKey, generate_keypair
 from fedprop.crypto.params import MIN_PAILLIER_BITS
 from fedprop.errors import FedpropError
 from fedprop.framing import join_frames, split_frames
-from fedprop.spec import JobSpec
 
-__all__ = ["KeyBundle", "KeyBundleError", "make_bundle"]
+__all__ = ["KeyBundle", "KeyBundleError", "KeyedJob", "make_bundle"]
 
 _CONTEXT = b"fedprop-job-key-bundle-v1"
+
+
+class KeyedJob(Protocol):
+    """What a job key is made for: a training spec, or a query's key scope.
+
+    ``id`` binds the bundle and every sealed copy; it must never be the id of another
+    job (queries use their ``query:<id>:<digest>`` contribution id).
+    """
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def key_holder(self) -> str: ...
+    @property
+    def key_bits(self) -> int: ...
+    @property
+    def parties(self) -> tuple[str, ...]: ...
 
 
 class KeyBundleError(FedpropError):
@@ -71,7 +88,7 @@ class KeyBundle:
         sealed = tuple((frames[i].decode(), frames[i + 1]) for i in range(4, len(frames), 2))
         return cls(frames[1].decode(), frames[2].decode(), frames[3], sealed, signature)
 
-    def public(self, spec: JobSpec, manifest: Manifest) -> PublicKey:
+    def public(self, spec: KeyedJob, manifest: Manifest) -> PublicKey:
         """The job's public key, after checking the bundle against the spec and manifest."""
         if self.job_id != spec.id:
             raise KeyBundleError(f"key bundle is for job '{self.job_id}', not '{spec.id}'")
@@ -95,7 +112,7 @@ class KeyBundle:
             raise KeyBundleError("key bundle is not sealed to exactly the job's parties")
         return public
 
-    def private(self, spec: JobSpec, manifest: Manifest, identity: NodeIdentity) -> PrivateKey:
+    def private(self, spec: KeyedJob, manifest: Manifest, identity: NodeIdentity) -> PrivateKey:
         """This node's copy of the job's private key (checks as :meth:`public`, then opens)."""
         public = self.public(spec, manifest)
         blob = dict(self.sealed).get(identity.name)
@@ -120,7 +137,7 @@ def _keys_of(manifest: Manifest, name: str) -> NodePublicKeys:
     raise KeyBundleError(f"'{name}' is not in the federation manifest")
 
 
-def make_bundle(spec: JobSpec, manifest: Manifest, identity: NodeIdentity) -> KeyBundle:
+def make_bundle(spec: KeyedJob, manifest: Manifest, identity: NodeIdentity) -> KeyBundle:
     """Generate the job key (at the key holder) and seal it to every party."""
     if identity.name != spec.key_holder:
         raise KeyBundleError(
