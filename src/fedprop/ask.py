@@ -122,9 +122,16 @@ def _print_answer(outcome: QueryOutcome, console: Console) -> None:
         f"({'noised, ' + a.mechanism if a.noised else 'NOT noised'}); "
         f"{int(frame['suppressed'].sum())} of {len(frame)} cells suppressed"
     )
-    table = Table(title=title)
-    for column in frame.columns:
-        table.add_column(str(column), justify="left" if column in a.group_by else "right")
-    for row in frame.itertuples(index=False):
+    # On screen: values and their noise scales (standard errors are in the files).
+    shown = frame[[c for c in frame.columns if not str(c).endswith("std_error")]]
+    table = Table(
+        title=title,
+        caption="b: scale of the discrete Laplace noise on each count "
+        "(a rate is noised positives over noised count)",
+    )
+    for column in shown.columns:
+        header = str(column).replace(" noise_b", " b")
+        table.add_column(header, justify="left" if column in a.group_by else "right")
+    for row in shown.itertuples(index=False):
         table.add_row(*(_show(v) for v in row))
     console.print(table)
