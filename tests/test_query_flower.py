@@ -4,24 +4,27 @@ ClientApps, policy gate, ledgers and privacy logs."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from rich.console import Console
 
 from fedprop.apps.audit import log_path, verify_logs
 from fedprop.apps.client_app import NodeConfig
 from fedprop.apps.policy import check_request
 from fedprop.apps.server_app import CoordinatorConfig
 from fedprop.apps.simulation import simulate_query
-from fedprop.ask import demo_policy
+from fedprop.ask import demo_policy, run_local_query
 from fedprop.crypto.identity import Manifest, generate_identity, load_identity, save_identity
 from fedprop.data.loader import load_party
 from fedprop.errors import FedpropError, JobFailedError
 from fedprop.federation import LocalFederation
 from fedprop.protocols.analytics import QueryRequest, QuerySpec, QueryStep, sign_query
+from synthetic import write_bank_full
 
 pytestmark = pytest.mark.simulation
 
@@ -181,3 +184,22 @@ def test_the_budget_runs_out_and_a_replayed_query_is_refused(setup: Setup) -> No
         assert sum(s["kind"] == "spend" for s in spends) == 3
         refusals = [e for e in setup.entries(party) if e["kind"] == "job-refused"]
         assert len(refusals) == 2, node.party
+
+
+def test_fedprop_query_prints_the_answer_and_writes_csv_and_json(tmp_path: Path) -> None:
+    source = write_bank_full(tmp_path / "bank-full.csv", rows=6_000, seed=3)
+    screen = io.StringIO()
+    run = run_local_query(
+        QUERY_FILE, source, tmp_path / "data" / "parties", tmp_path / "answer",
+        Console(file=screen, width=140),
+    )  # fmt: skip
+
+    table = pd.read_csv(run.csv_path)
+    assert len(table) == 12 and {"contact", "education", "count", "rate(y)"} <= set(table)
+    assert json.loads(run.json_path.read_text())["query"] == run.outcome.answer.query_id
+    printed = screen.getvalue()
+    assert "take-up-by-contact-education" in printed and "count b" in printed
+    # Each node wrote its policy, ledger and log beside the local federation.
+    federation = tmp_path / "data" / "federation"
+    assert len(list((federation / "policies").glob("*.toml"))) == 4
+    assert len(list((federation / "audit").glob("*.budget.jsonl"))) == 4
