@@ -11,6 +11,7 @@ typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ from fedprop.data.schema import Schema
 from fedprop.errors import SpecError
 
 __all__ = [
+    "DP_OPTIMIZERS",
     "MIN_PARTIES_FOR_SECURE_SUM",
     "Aggregation",
     "ClassWeighting",
+    "DpTrainConfig",
     "EvalConfig",
     "JobSpec",
     "JobType",
@@ -69,6 +72,11 @@ class OptimizerKind(StrEnum):
     ADAM = "adam"
 
 
+#: Local optimizers DP training runs with (Opacus' DPOptimizer wraps either: both only read
+#: the clipped, noised gradient).
+DP_OPTIMIZERS = frozenset({OptimizerKind.SGD, OptimizerKind.ADAM})
+
+
 class ClassWeighting(StrEnum):
     """How the loss weighs the rare positive class."""
 
@@ -85,8 +93,35 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class DpTrainConfig:
+    """Record-level differentially private training (DP-SGD) at every node: the ``[dp]`` table.
+
+    Each step of local training takes a Poisson sample of the node's training rows (each
+    row in with probability ``batch-size / rows``), clips each row's gradient to L2 norm
+    ``max-grad-norm`` and adds Gaussian noise of standard deviation
+    ``noise-multiplier * max-grad-norm`` to their sum (:mod:`fedprop.privacy.dpsgd`).
+
+    ``epsilon`` is what the job asks each node to spend at ``delta`` (add-or-remove-one
+    record of that node), for the whole job: every round and local epoch. The spec states
+    the noise and the target, and each node checks, with its own row count, that the noise
+    achieves the target before it trains; a node whose rows are too few for it refuses the
+    job (:func:`fedprop.privacy.dpsgd.dp_training_spend`). The noise is stated rather than
+    computed from the target so that the mechanism is written in the spec every party and
+    auditor reads, identical at every node and independent of the accountant's numerical
+    search; the accountant is only asked the epsilon of a given mechanism, which is
+    exactly reproducible. The table is top level, next to ``[train]``, because job specs
+    are rewritten with one level of tables (``JobSpec.with_overrides``).
+    """
+
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    max_grad_norm: float
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """Federated and local training settings."""
+    """Federated and local training settings (``dp``: DP-SGD, or None for plain training)."""
 
     rounds: int = 20
     local_epochs: int = 1
@@ -96,6 +131,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     class_weighting: ClassWeighting = ClassWeighting.NONE
     seed: int = 42
+    dp: DpTrainConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -202,8 +238,33 @@ def _positive(name: str, key: str, value: float) -> None:
         raise SpecError(f"[{name}] {key}: must be positive, got {value}")
 
 
+def _dp_config(doc: Mapping[str, Any]) -> DpTrainConfig | None:
+    """The ``[dp]`` table, or None if the spec has none. Every key is required."""
+    if doc.get("dp") is None:
+        return None
+    d = _table(doc, "dp")
+    _check_keys(d, "dp", {"epsilon", "delta", "noise-multiplier", "max-grad-norm"})
+    values = {key: _get(d, "dp", key, float, None) for key in sorted(d)}
+    for key in ("epsilon", "delta", "noise-multiplier", "max-grad-norm"):
+        if key not in values:
+            raise SpecError(f"[dp]: missing key '{key}'")
+        if not math.isfinite(values[key]):
+            raise SpecError(f"[dp] {key}: must be a finite number, got {values[key]}")
+    for key in ("epsilon", "noise-multiplier", "max-grad-norm"):
+        if values[key] <= 0:
+            raise SpecError(f"[dp] {key}: must be above 0, got {values[key]}")
+    if not 0 < values["delta"] < 1:
+        raise SpecError(f"[dp] delta: must be above 0 and below 1, got {values['delta']}")
+    return DpTrainConfig(
+        epsilon=values["epsilon"],
+        delta=values["delta"],
+        noise_multiplier=values["noise-multiplier"],
+        max_grad_norm=values["max-grad-norm"],
+    )
+
+
 def _parse(doc: Mapping[str, Any], text: str) -> JobSpec:
-    _check_keys(doc, "top level", {"job", "dataset", "model", "train", "evaluate"})
+    _check_keys(doc, "top level", {"job", "dataset", "model", "train", "dp", "evaluate"})
     job = _table(doc, "job")
     _check_keys(
         job,
@@ -276,6 +337,7 @@ def _parse(doc: Mapping[str, Any], text: str) -> JobSpec:
             t, "train", "class-weighting", ClassWeighting, defaults.class_weighting.value
         ),
         seed=_get(t, "train", "seed", int, defaults.seed),
+        dp=_dp_config(doc),
     )
     for key, value in (
         ("rounds", train.rounds),
@@ -286,6 +348,12 @@ def _parse(doc: Mapping[str, Any], text: str) -> JobSpec:
         _positive("train", key, value)
     if train.weight_decay < 0:
         raise SpecError("[train] weight-decay: must not be negative")
+    if train.dp is not None and train.optimizer not in DP_OPTIMIZERS:
+        allowed = ", ".join(sorted(o.value for o in DP_OPTIMIZERS))
+        raise SpecError(
+            f"[train] optimizer: DP training ([dp]) runs with {allowed}, "
+            f"not '{train.optimizer.value}'"
+        )
 
     e = _table(doc, "evaluate", required=False)
     _check_keys(e, "evaluate", {"histogram-bins"})

@@ -27,18 +27,27 @@ periods the privacy loss of a customer still adds up, which the summary shows.
 
 **Composition.** A spend states the ``(epsilon, delta)`` guarantee of its release and, where
 it can, the noise mechanisms that make it (:class:`Mechanism`: discrete Laplace, Laplace,
-Gaussian, each with its noise parameter and sensitivity), plus ``extra_delta``: a failure
-probability outside those mechanisms (a query's thresholding of cells under k). The ledger
-states the spend of a window as the better of two valid bounds:
+Gaussian, each with its noise parameter and sensitivity, and DP-SGD's Poisson-subsampled
+Gaussian, with its sampling probability and number of steps), plus ``extra_delta``: a
+failure probability outside those mechanisms (a query's thresholding of cells under k). The
+ledger states the spend of a window as the better of two valid bounds:
 
-- *basic composition*: the sum of the stated epsilons and of the stated deltas;
+- *basic composition*: the sum of the stated epsilons and of the stated deltas. For a
+  spend of pure mechanisms the stated epsilon is checked against theirs when the spend is
+  made; for a spend with a Poisson-subsampled Gaussian (whose epsilon has no closed form)
+  the stated ``(epsilon, delta)`` must be a guarantee of its mechanisms alone: DP-SGD
+  states the PLD epsilon of its mechanism at its own delta
+  (:func:`fedprop.privacy.dpsgd.dp_training_spend`), and :meth:`BudgetLedger.check`
+  refuses such a spend if, with ``dp-accounting`` installed, its mechanisms' PLD epsilon
+  at ``delta - extra_delta`` is above the stated epsilon;
 - *privacy loss distributions* (Google's ``dp-accounting`` library, the
   ``PLDAccountant``, add-or-remove-one neighbouring, pessimistic discretization): the
   mechanisms of every spend composed, evaluated at ``delta_budget - sum(extra_delta)``;
   the window then spends ``(epsilon_pld, delta_budget)``. This is never worse than basic
-  composition for the same delta and much better over many Gaussian releases (DP-SGD,
-  later). It is used when ``dp-accounting`` is installed and every spend of the window
-  describes its mechanisms; otherwise basic composition alone, which is always valid.
+  composition for the same delta and much better over many Gaussian releases (the
+  thousands of steps of a DP-SGD job). It is used when ``dp-accounting`` is installed and
+  every spend of the window describes its mechanisms; otherwise basic composition alone,
+  which is always valid.
 
 A spend fits if either bound stays within the budget's ``(epsilon, delta)``.
 
@@ -88,6 +97,7 @@ __all__ = [
     "Spend",
     "Spent",
     "SummaryRow",
+    "mechanisms_epsilon",
     "pld_available",
 ]
 
@@ -138,18 +148,31 @@ class MechanismKind(StrEnum):
     #: Pure: epsilon = 1 / multiplier.
     LAPLACE = "laplace"
     #: Continuous Gaussian noise; ``parameter`` is the noise multiplier
-    #: ``sigma / L2 sensitivity`` (DP-SGD's steps, later). Not pure: (epsilon, delta) only.
+    #: ``sigma / L2 sensitivity``. Not pure: (epsilon, delta) only.
     GAUSSIAN = "gaussian"
+    #: DP-SGD's steps: each a Gaussian (``parameter``: the noise multiplier, noise standard
+    #: deviation over the clipping norm, the L2 sensitivity of one record's clipped
+    #: gradient) on the sum over a Poisson sample of the records, each record in with
+    #: probability ``sampling``; ``count`` is the number of steps. Composed by
+    #: ``dp-accounting`` as ``PoissonSampledDpEvent(GaussianDpEvent)`` self-composed
+    #: ``count`` times (add-or-remove-one neighbouring). Not pure.
+    SUBSAMPLED_GAUSSIAN = "poisson-subsampled-gaussian"
 
 
 @dataclass(frozen=True)
 class Mechanism:
-    """One noise mechanism, applied ``count`` times (adaptively composed)."""
+    """One noise mechanism, applied ``count`` times (adaptively composed).
+
+    ``sampling`` is the Poisson sampling probability of a
+    :attr:`MechanismKind.SUBSAMPLED_GAUSSIAN` (in ``(0, 1]``); every other kind leaves it
+    at 1 (and does not write it: lines written before it existed read the same).
+    """
 
     kind: MechanismKind
     parameter: float
     sensitivity: int = 1
     count: int = 1
+    sampling: float = 1.0
 
     def __post_init__(self) -> None:
         try:
@@ -171,6 +194,14 @@ class Mechanism:
             )
         if not _count(self.count):
             raise LedgerError(f"count must be a positive integer, got {self.count!r}")
+        sampling = _finite(self.sampling)
+        if sampling is None or not 0 < sampling <= 1:
+            raise LedgerError(
+                f"sampling probability must be a number in (0, 1], got {self.sampling!r}"
+            )
+        if self.kind is not MechanismKind.SUBSAMPLED_GAUSSIAN and sampling != 1:
+            raise LedgerError(f"{self.kind} is not subsampled; leave its sampling at 1")
+        object.__setattr__(self, "sampling", sampling)
 
     @property
     def pure_epsilon(self) -> float | None:
@@ -182,25 +213,35 @@ class Mechanism:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
+        """JSON-ready form (``sampling`` only for the subsampled kind)."""
+        data: dict[str, Any] = {
             "kind": self.kind.value,
             "parameter": self.parameter,
             "sensitivity": self.sensitivity,
             "count": self.count,
         }
+        if self.kind is MechanismKind.SUBSAMPLED_GAUSSIAN:
+            data["sampling"] = self.sampling
+        return data
 
     @classmethod
     def from_dict(cls, data: object) -> Mechanism:
         """Parse :meth:`to_dict` output."""
-        if not isinstance(data, Mapping) or set(data) != {
-            "kind",
-            "parameter",
-            "sensitivity",
-            "count",
-        }:
+        if not isinstance(data, Mapping) or set(data) not in (_MECHANISM_KEYS, _SAMPLED_KEYS):
             raise LedgerError(f"malformed mechanism {data!r}")
-        return cls(data["kind"], data["parameter"], data["sensitivity"], data["count"])
+        if (data["kind"] == MechanismKind.SUBSAMPLED_GAUSSIAN.value) != ("sampling" in data):
+            raise LedgerError(f"malformed mechanism {data!r}")
+        return cls(
+            data["kind"],
+            data["parameter"],
+            data["sensitivity"],
+            data["count"],
+            data.get("sampling", 1.0),
+        )
+
+
+_MECHANISM_KEYS: Final = frozenset({"kind", "parameter", "sensitivity", "count"})
+_SAMPLED_KEYS: Final = _MECHANISM_KEYS | {"sampling"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -342,6 +383,10 @@ def _dp_event(dp: Any, mechanism: Mechanism) -> Any:
         event = dp.dp_event.LaplaceDpEvent(noise_multiplier=mechanism.parameter)
     else:
         event = dp.dp_event.GaussianDpEvent(noise_multiplier=mechanism.parameter)
+        if mechanism.kind is MechanismKind.SUBSAMPLED_GAUSSIAN and mechanism.sampling < 1:
+            event = dp.dp_event.PoissonSampledDpEvent(
+                sampling_probability=mechanism.sampling, event=event
+            )
     if mechanism.count > 1:
         event = dp.dp_event.SelfComposedDpEvent(event=event, count=mechanism.count)
     return event
@@ -350,30 +395,65 @@ def _dp_event(dp: Any, mechanism: Mechanism) -> Any:
 def _pld_epsilon(spends: Sequence[Spend], target_delta: float) -> float | None:
     """PLD composition of every spend's mechanisms at ``target_delta``; None if it cannot
     be computed (library missing, a spend without mechanisms)."""
+    if not spends or any(not s.mechanisms for s in spends):
+        return None
+    return mechanisms_epsilon([m for s in spends for m in s.mechanisms], target_delta)
+
+
+def mechanisms_epsilon(mechanisms: Sequence[Mechanism], delta: float) -> float | None:
+    """The epsilon of ``mechanisms`` composed, at ``delta``, as the ledger composes them
+    (``dp-accounting``'s PLD accountant, pessimistic discretization); None if it cannot be
+    computed (``dp-accounting`` missing, no mechanisms, ``delta <= 0``, an event the
+    accountant does not support)."""
     dp = _dp_accounting()
-    if dp is None or not spends or any(not s.mechanisms for s in spends) or target_delta <= 0:
+    if dp is None or not mechanisms or not delta > 0:
         return None
     module = importlib.import_module("dp_accounting.pld.pld_privacy_accountant")
     accountant = module.PLDAccountant(value_discretization_interval=_PLD_INTERVAL)
     # identical mechanisms composed as one self-composition: the same privacy loss, and
     # far cheaper (a Gaussian's PLD is built once, a Laplace's is convolved with itself)
-    repeats: Counter[tuple[MechanismKind, float, int]] = Counter()
-    for m in (m for s in spends for m in s.mechanisms):
-        repeats[(m.kind, m.parameter, m.sensitivity)] += m.count
+    repeats: Counter[tuple[MechanismKind, float, int, float]] = Counter()
+    for m in mechanisms:
+        repeats[(m.kind, m.parameter, m.sensitivity, m.sampling)] += m.count
     event = dp.dp_event.ComposedDpEvent(
         events=[
-            _dp_event(dp, Mechanism(kind, parameter, sensitivity, count))
-            for (kind, parameter, sensitivity), count in repeats.items()
+            _dp_event(dp, Mechanism(kind, parameter, sensitivity, count, sampling))
+            for (kind, parameter, sensitivity, sampling), count in repeats.items()
         ]
     )
     try:
         if not accountant.supports(event):
             return None
         accountant.compose(event)
-        epsilon = float(accountant.get_epsilon(target_delta))
+        epsilon = float(accountant.get_epsilon(delta))
     except (ValueError, ArithmeticError, RuntimeError):
         return None  # basic composition, always valid, decides alone
     return epsilon if math.isfinite(epsilon) else None
+
+
+def _understated(spend: Spend) -> str | None:
+    """Why ``spend``'s stated epsilon is not a guarantee of its subsampled Gaussian
+    mechanisms (what basic composition adds up), or None if it is or none is subsampled.
+
+    Fails closed: a subsampled Gaussian whose epsilon cannot be computed (no
+    ``dp-accounting``, no delta for the mechanisms) is not taken on its word.
+    """
+    if not any(m.kind is MechanismKind.SUBSAMPLED_GAUSSIAN for m in spend.mechanisms):
+        return None
+    delta = spend.delta - spend.extra_delta
+    epsilon = mechanisms_epsilon(spend.mechanisms, delta)
+    if epsilon is None:
+        return (
+            f"query '{spend.query_id}': the epsilon of its subsampled Gaussian noise at "
+            f"delta {delta:g} cannot be computed here (dp-accounting is needed), so its "
+            f"stated epsilon {spend.epsilon:g} cannot be checked"
+        )
+    if epsilon > spend.epsilon * (1 + _TOLERANCE):
+        return (
+            f"query '{spend.query_id}' states epsilon {spend.epsilon:g}, but its noise "
+            f"mechanisms alone spend epsilon {epsilon:.6g} at delta {delta:g}"
+        )
+    return None
 
 
 def _fits(spent: Spent, budget: DpBudget) -> bool:
@@ -711,6 +791,9 @@ class BudgetLedger:
                 f"query id '{spend.query_id}' was already run for this coordinator "
                 "(each query runs once; send a new id)",
             )
+        understated = _understated(spend)
+        if understated is not None:
+            return decision(False, understated)
         if not _fits(after, b):
             return decision(
                 False,

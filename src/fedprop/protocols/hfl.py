@@ -62,6 +62,7 @@ from fedprop.errors import FedpropError, JobFailedError
 from fedprop.models.metrics import GlobalMetrics, ScoreHistogram, global_metrics
 from fedprop.models.nets import build_model, load_vector, parameter_count, to_vector
 from fedprop.models.train import positive_weight, predict_proba, train_epochs
+from fedprop.privacy.dpsgd import train_epochs_dp
 from fedprop.protocols.keys import KeyBundle, make_bundle
 from fedprop.protocols.messages import AbortReply, AbortRequest, ContributionReply, KeysReply
 from fedprop.protocols.secure_sum import (
@@ -391,11 +392,13 @@ class HflNode:
         return self._contribute(request.keys, VectorKind.STATS, 0, vector)
 
     def train(self, request: ModelRequest) -> ContributionReply:
-        """Step 2: train from the global model on this party's rows."""
+        """Step 2: train from the global model on this party's rows (DP-SGD if the spec
+        has ``[dp]``: :func:`~fedprop.privacy.dpsgd.train_epochs_dp`)."""
         encoder, x, y = self._encoder(request)
         model = self._global_model(request, encoder.n_features, request.round - 1)
         cfg = self.spec.train
-        train_epochs(
+        train = train_epochs if cfg.dp is None else train_epochs_dp
+        train(
             model,
             x,
             y,
