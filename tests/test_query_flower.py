@@ -1,5 +1,5 @@
-"""Queries in Flower's Simulation Engine, from the attacker's side: real ServerApp,
-ClientApps, policy gate, ledgers and privacy logs."""
+"""Queries and DP training in Flower's Simulation Engine, from the attacker's side: real
+ServerApp, ClientApps, policy gate, ledgers and privacy logs."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from fedprop.apps.audit import log_path, verify_logs
 from fedprop.apps.client_app import NodeConfig
 from fedprop.apps.policy import check_request
 from fedprop.apps.server_app import CoordinatorConfig
-from fedprop.apps.simulation import simulate_query
+from fedprop.apps.simulation import simulate, simulate_query
 from fedprop.ask import demo_policy, run_local_query
 from fedprop.crypto.identity import Manifest, generate_identity, load_identity, save_identity
 from fedprop.data.loader import load_party
 from fedprop.errors import FedpropError, JobFailedError
 from fedprop.federation import LocalFederation
 from fedprop.protocols.analytics import QueryRequest, QuerySpec, QueryStep, sign_query
+from fedprop.spec import JobSpec
 from synthetic import write_bank_full
 
 pytestmark = pytest.mark.simulation
@@ -205,3 +206,23 @@ def test_fedprop_query_prints_the_answer_and_writes_csv_and_json(tmp_path: Path)
     federation = tmp_path / "data" / "federation"
     assert len(list((federation / "policies").glob("*.toml"))) == 4
     assert len(list((federation / "audit").glob("*.budget.jsonl"))) == 4
+
+
+def test_a_dp_training_job_spends_from_the_same_ledger_before_its_first_update(
+    setup: Setup, spec: JobSpec
+) -> None:
+    dp = {"epsilon": 2.0, "delta": 1e-7, "noise-multiplier": 1.5, "max-grad-norm": 1.0}
+    job = spec.with_overrides({"train": {"rounds": 2}, "dp": dp})
+    simulate(job, setup.nodes, setup.manifest, setup.coordinator)
+
+    for party in setup.nodes:
+        lines = [json.loads(line) for line in setup.ledger_lines(party)]
+        assert [line["kind"] for line in lines] == ["spend"]
+        assert 0 < lines[0]["epsilon"] <= dp["epsilon"]
+        spends = [e for e in setup.entries(party) if e["kind"] == "budget-spend"]
+        assert len(spends) == 1 and spends[0]["step"].startswith("train round 1")
+    assert verify_logs(setup.manifest, sorted(setup.audit.glob("*.log"))).ok
+
+    # The same job again would spend twice on the same id: refused before training.
+    with pytest.raises(JobFailedError, match="already run"):
+        simulate(job, setup.nodes, setup.manifest, setup.coordinator)

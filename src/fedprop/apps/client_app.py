@@ -49,7 +49,8 @@ from fedprop.crypto.identity import Manifest, load_identity
 from fedprop.data.loader import load_party
 from fedprop.data.schema import Schema
 from fedprop.errors import FedpropError
-from fedprop.privacy.ledger import BudgetLedger
+from fedprop.privacy.dpsgd import dp_training_spend
+from fedprop.privacy.ledger import BudgetDecision, BudgetLedger
 from fedprop.privacy.policy import load_policy
 from fedprop.protocols.analytics import (
     QueryNode,
@@ -166,6 +167,20 @@ def _node(spec_text: str, config: NodeConfig) -> HflNode:
     return HflNode(spec, data, settings)
 
 
+def _note_spend(decision: BudgetDecision) -> None:
+    """Have the node's log record a spend: the ledger's composed increment, and the limits."""
+    note_event(
+        EventKind.BUDGET_SPEND,
+        budget_detail(
+            f"coordinator {decision.coordinator}",
+            max(decision.after.epsilon - decision.before.epsilon, 0.0),
+            max(decision.after.delta - decision.before.delta, 0.0),
+            decision.limit_epsilon,
+            decision.limit_delta,
+        ),
+    )
+
+
 def _query_adapter(config: NodeConfig) -> QueryNodeAdapter:
     """This node's query role: policy and ledger from its own files; its rows (train and
     test together) read only once a query was admitted."""
@@ -194,23 +209,35 @@ def _answer_query(
     reply = adapter.handle(step, request)
     node = adapter.node
     if step is QueryStep.CONTRIBUTE and node.last_spend is not None:
-        d = node.last_spend
-        note_event(
-            EventKind.BUDGET_SPEND,
-            budget_detail(
-                f"coordinator {d.coordinator}",
-                max(d.after.epsilon - d.before.epsilon, 0.0),
-                max(d.after.delta - d.before.delta, 0.0),
-                d.limit_epsilon,
-                d.limit_delta,
-            ),
-        )
+        _note_spend(node.last_spend)
     if step is QueryStep.RELEASE:
         query = QuerySpec.from_toml(request.spec, "query")
         what = f"noised answer of query {query.id}, {query.cells} cell(s)"
         rule = f"cells of at least k customers; epsilon {query.epsilon}, delta {query.delta}"
         note_event(EventKind.RELEASE, release_detail(what, rule))
     return reply
+
+
+def _spend_on_training(config: NodeConfig, node: HflNode, round_: int) -> None:
+    """A DP training job spends its whole (epsilon, delta) from the coordinator's budget
+    before this node's first update leaves (round 1); later rounds need that spend."""
+    if config.policy is None:
+        raise FedpropError("this node has no privacy policy, so no job may spend its budget")
+    policy = load_policy(config.policy)
+    if policy.dp is None:
+        raise FedpropError(f"{config.policy}: no [dp] budget, so no job may spend one")
+    manifest = node.settings.manifest
+    coordinator = manifest.coordinator.fingerprint() if manifest.coordinator else ""
+    ledger = BudgetLedger(config.ledger_path, policy.dp)
+    spend = dp_training_spend(node.spec, coordinator, len(node.data.train))
+    if round_ > 1:
+        if ledger.spend_of(coordinator, node.spec.id) is None:
+            raise FedpropError(f"job '{node.spec.id}' has no recorded budget spend here")
+        return
+    decision = ledger.check(spend)
+    decision.raise_if_refused()
+    ledger.record(spend)  # durable before the first update leaves
+    _note_spend(decision)
 
 
 def _answer(locate: Locator, message: Message, context: Context) -> Message:
@@ -226,7 +253,10 @@ def _answer(locate: Locator, message: Message, context: Context) -> Message:
         if isinstance(request, QueryRequest | QueryReleaseRequest):
             reply = _answer_query(config, QueryStep(message_type), request)
         else:
-            reply = _node(request.spec, config).handle(Step(message_type), request)
+            node = _node(request.spec, config)
+            if message_type == Step.TRAIN and node.spec.train.dp is not None:
+                _spend_on_training(config, node, request.round)
+            reply = node.handle(Step(message_type), request)
         return Message(to_record(reply), reply_to=message)
     except FedpropError as exc:
         return error_reply(message, ERROR_CODE, party, str(exc))
