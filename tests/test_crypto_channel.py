@@ -554,3 +554,103 @@ def test_sending_stops_at_the_byte_limit(
 
 def test_channel_error_is_a_fedprop_error() -> None:
     assert issubclass(ChannelError, FedpropError)
+
+
+# --- saved state: a node that runs every message in a fresh process -----------------------
+
+
+def test_a_saved_handshake_completes_after_a_restart(
+    nodes: dict[str, NodeIdentity], manifest: Manifest
+) -> None:
+    pending_g, offer_g = start_channel(nodes[GUEST], manifest, job_id=JOB, peer=HOST)
+    pending_h, offer_h = start_channel(nodes[HOST], manifest, job_id=JOB, peer=GUEST)
+    saved = pending_g.export_state()
+    del pending_g  # the process ends
+    restored = PendingChannel.restore(nodes[GUEST], manifest, saved)
+    guest, host = restored.complete(offer_h), pending_h.complete(offer_g)
+    assert host.open("t", guest.seal("t", MARKER)) == MARKER
+    with pytest.raises(ChannelError, match="completed handshake"):
+        restored.export_state()
+    with pytest.raises(ChannelError, match="belongs to"):
+        PendingChannel.restore(nodes[HOST], manifest, saved)  # another node's handshake
+    with pytest.raises(ChannelError, match="not a saved"):
+        PendingChannel.restore(nodes[GUEST], manifest, saved[:-1])
+
+
+def test_a_restored_channel_continues_both_directions(
+    nodes: dict[str, NodeIdentity], manifest: Manifest
+) -> None:
+    guest, host = _pair(nodes, manifest)
+    host.open("a", guest.seal("a", b"one"))
+    guest.open("b", host.seal("b", b"two"))
+    guest_again = Channel.restore(guest.export_state(), job_id=JOB, name=GUEST, peer=HOST)
+    host_again = Channel.restore(host.export_state(), job_id=JOB, name=HOST, peer=GUEST)
+    assert (guest_again.sent, guest_again.received) == (1, 1)
+    assert host_again.open("c", guest_again.seal("c", b"three")) == b"three"
+    assert guest_again.open("d", host_again.seal("d", b"four")) == b"four"
+    with pytest.raises(ChannelError, match="is 'bank' -> 'partner'"):
+        Channel.restore(guest.export_state(), job_id=JOB, name=HOST, peer=GUEST)
+    with pytest.raises(ChannelError, match="for job"):
+        Channel.restore(guest.export_state(), job_id="another-job", name=GUEST, peer=HOST)
+    for bad in (b"", b"garbage", guest.export_state()[:-3]):
+        with pytest.raises(ChannelError, match="saved channel"):
+            Channel.restore(bad, job_id=JOB, name=GUEST, peer=HOST)
+
+
+def test_the_counter_is_saved_before_a_sealed_message_exists(
+    nodes: dict[str, NodeIdentity], manifest: Manifest
+) -> None:
+    """Write-ahead: seal, "crash" without saving anything else, restore: no nonce reuse."""
+    guest, host = _pair(nodes, manifest)
+    disk: dict[str, bytes] = {"guest": guest.export_state()}
+    before_seal = disk["guest"]
+
+    saved_counters: list[int] = []
+
+    def journal(blob: bytes) -> None:
+        saved_counters.append(Channel.restore(blob, job_id=JOB, name=GUEST, peer=HOST).sent)
+        disk["guest"] = blob
+
+    guest.set_journal(journal)
+    first = guest.seal("t", b"first")
+    # Saved while sealing message 0, before it was returned: "the next counter is 1".
+    assert saved_counters == [1]
+    del guest  # the node crashes after the message left, before saving anything else
+    restored = Channel.restore(disk["guest"], job_id=JOB, name=GUEST, peer=HOST)
+    second = restored.seal("t", b"second")
+    assert first[4:12] != second[4:12]  # different counters, so different nonces
+    assert host.open("t", first) == b"first" and host.open("t", second) == b"second"
+    # Without the journal a restart from the last save would seal again under nonce 0.
+    stale = Channel.restore(before_seal, job_id=JOB, name=GUEST, peer=HOST)
+    assert stale.seal("t", b"reused")[4:12] == first[4:12]
+
+
+def test_a_failing_journal_lets_no_message_out(
+    nodes: dict[str, NodeIdentity], manifest: Manifest
+) -> None:
+    guest, host = _pair(nodes, manifest)
+
+    def broken(blob: bytes) -> None:
+        raise OSError("disk full")
+
+    guest.set_journal(broken)
+    with pytest.raises(OSError, match="disk full"):
+        guest.seal("t", b"never sent")
+    guest.set_journal(None)
+    message = guest.seal("t", b"next")  # counter 0 was skipped, never used
+    assert message[4:12] == (1).to_bytes(8, "big")
+    with pytest.raises(ChannelError, match="expected message 0"):
+        host.open("t", message)  # the peer notices the gap: the job stops, nothing leaks
+
+
+def test_a_restored_channel_refuses_what_it_already_accepted(
+    nodes: dict[str, NodeIdentity], manifest: Manifest
+) -> None:
+    guest, host = _pair(nodes, manifest)
+    saved: list[bytes] = []
+    host.set_journal(saved.append)
+    message = guest.seal("t", b"residuals")
+    assert host.open("t", message) == b"residuals"
+    restored = Channel.restore(saved[-1], job_id=JOB, name=HOST, peer=GUEST)
+    with pytest.raises(ChannelError, match="replayed"):
+        restored.open("t", message)

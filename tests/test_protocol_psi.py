@@ -607,3 +607,61 @@ def test_the_guest_sees_no_identifier_or_hash_of_host_only_ids() -> None:
     out = run(config(), guest_ids, {"bank-b": host_ids})
     assert set(out.guest.ids) == set(guest_ids[50:])
     assert_reveals_nothing_about(out.seen_by("guest"), host_ids[50:])
+
+
+# --- saved state: a node that runs every message in a fresh process -----------------------
+
+
+def test_roles_saved_and_restored_between_every_message_align_the_same() -> None:
+    cfg = config()
+    guest_ids, host_ids = customer_ids(0, 300), customer_ids(100, 400)
+    guest = PsiGuest(cfg, guest_ids, ["bank-b"])
+    to_host = guest.blinded_for("bank-b").to_bytes()
+    saved_guest = guest.export_state()
+    host = PsiHost(cfg, host_ids, "bank-b")
+    to_guest = host.blinded().to_bytes()
+    saved_host = host.export_state()
+    del guest, host  # each message runs in a fresh process
+
+    host = PsiHost.restore(cfg, host_ids, "bank-b", saved_host)
+    double = host.double_blind(BlindedIds.from_bytes(to_host)).to_bytes()
+    saved_host = host.export_state()
+    guest = PsiGuest.restore(cfg, guest_ids, ["bank-b"], saved_guest)
+    guest.receive_host_ids(BlindedIds.from_bytes(to_guest))
+    guest = PsiGuest.restore(cfg, guest_ids, ["bank-b"], guest.export_state())
+    guest.receive_double_blinded(DoubleBlinded.from_bytes(double))
+    guest = PsiGuest.restore(cfg, guest_ids, ["bank-b"], guest.export_state())
+    result, alignments = guest.finish()
+    host = PsiHost.restore(cfg, host_ids, "bank-b", saved_host)
+    host_result = host.finish(Alignment.from_bytes(alignments["bank-b"].to_bytes()))
+    assert set(result.ids) == set(guest_ids[100:])
+    assert host_result.ids == result.ids
+    with pytest.raises(PsiError, match="already answered"):
+        PsiHost.restore(cfg, host_ids, "bank-b", saved_host).double_blind(
+            BlindedIds.from_bytes(to_host)
+        )
+    with pytest.raises(PsiError, match="finished"):
+        guest.export_state()
+
+
+def test_saved_state_is_bound_to_the_job_ids_and_role() -> None:
+    cfg = config()
+    ids = customer_ids(0, 50)
+    host = PsiHost(cfg, ids, "bank-b")
+    host.blinded()
+    saved = host.export_state()
+    with pytest.raises(PsiError, match="other settings, ids or name"):
+        PsiHost.restore(cfg, customer_ids(1, 51), "bank-b", saved)
+    with pytest.raises(PsiError, match="other settings, ids or name"):
+        PsiHost.restore(config(job_id="another-job"), ids, "bank-b", saved)
+    with pytest.raises(PsiError, match="not a saved guest"):
+        PsiGuest.restore(cfg, ids, ["bank-b"], saved)
+    for bad in (b"", saved[:-1], saved + b"\x00"):
+        with pytest.raises(PsiError, match="saved"):
+            PsiHost.restore(cfg, ids, "bank-b", bad)
+    # The restored host multiplies with the same secret: the same answer to the same list.
+    guest = PsiGuest(cfg, customer_ids(0, 20), ["bank-b"])
+    blinded = guest.blinded_for("bank-b")
+    first = PsiHost.restore(cfg, ids, "bank-b", saved).double_blind(blinded)
+    again = PsiHost.restore(cfg, ids, "bank-b", saved).double_blind(blinded)
+    assert first == again

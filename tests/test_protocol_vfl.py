@@ -682,3 +682,79 @@ def test_ciphertext_bytes_of_batch_encryptions_round_trip_and_refuse_forgeries(
         ciphertexts_from_bytes(key.public, forged)
     with pytest.raises(CiphertextError, match="out of range"):
         ciphertexts_to_bytes(key.public, [n * n])
+
+
+# --- saved state: a node that runs every message in a fresh process -----------------------
+
+
+def test_parties_rebuilt_from_saved_state_for_every_step_train_the_same_model(
+    data: Data, key: PrivateKey, paillier_run: tuple[VflRun, list[Hop]]
+) -> None:
+    """Every step runs on a party rebuilt from its columns, settings, key and saved state;
+    the result is the in-memory run's, bit for bit (masks survive between steps)."""
+    arbiter = VflArbiter(CONFIG, ROWS, {"guest": 3, "host-1": 4}, "guest", key=key)
+    public = arbiter.public_key
+    saved = {"guest": b"", "host": b""}
+
+    def guest() -> VflGuest:
+        role = VflGuest("guest", data.guest, data.labels, CONFIG, public, ["host-1"])
+        if saved["guest"]:
+            role.restore_state(saved["guest"])
+        return role
+
+    def host() -> VflHost:
+        role = VflHost("host-1", data.hosts["host-1"], CONFIG, public)
+        if saved["host"]:
+            role.restore_state(saved["host"])
+        return role
+
+    for epoch in range(1, CONFIG.max_epochs + 1):
+        for batch in range(len(batch_plan(ROWS, CONFIG, epoch))):
+            h = host()
+            forward = h.forward(epoch, batch)
+            saved["host"] = h.export_state()
+            g = guest()
+            residual, masked = g.residuals([forward])
+            saved["guest"] = g.export_state()
+            g = guest()
+            g.update(arbiter.open(masked))
+            saved["guest"] = g.export_state()
+            h = host()
+            masked_h = h.gradient(residual)
+            saved["host"] = h.export_state()
+            h = host()
+            h.update(arbiter.open(masked_h))
+            saved["host"] = h.export_state()
+        h = host()
+        share = h.loss_share(epoch)
+        saved["host"] = h.export_state()
+        g = guest()
+        arbiter.close_epoch(g.loss([share]))
+        saved["guest"] = g.export_state()
+    reference_run = paillier_run[0]
+    assert [r.loss for r in arbiter.results] == [e.loss for e in reference_run.epochs]
+    assert np.array_equal(guest().weights, reference_run.guest.weights)
+    assert guest().intercept == reference_run.guest.intercept
+    assert np.array_equal(host().weights, reference_run.hosts["host-1"].weights)
+    assert host().position == ("forward", CONFIG.max_epochs + 1, 0)
+
+
+def test_saved_state_is_bound_to_the_party_data_and_settings(data: Data) -> None:
+    host = VflHost("host-1", data.hosts["host-1"], PLAIN, None)
+    host.forward(1, 0)
+    saved = host.export_state()
+    again = VflHost("host-1", data.hosts["host-1"], PLAIN, None)
+    again.restore_state(saved)
+    assert again.position == ("gradient", 1, 0)
+    with pytest.raises(VflProtocolError, match="another party, data or settings"):
+        VflHost("host-1", data.hosts["host-1"] + 1.0, PLAIN, None).restore_state(saved)
+    with pytest.raises(VflProtocolError, match="another party, data or settings"):
+        VflHost("host-2", data.hosts["host-1"], PLAIN, None).restore_state(saved)
+    other = dataclasses.replace(PLAIN, learning_rate=0.25)
+    with pytest.raises(VflProtocolError, match="another party, data or settings"):
+        VflHost("host-1", data.hosts["host-1"], other, None).restore_state(saved)
+    with pytest.raises(VflProtocolError, match="another party, data or settings"):
+        VflGuest("host-1", data.guest, data.labels, PLAIN, None, ["h"]).restore_state(saved)
+    for bad in (b"", saved[:-2], b"x" * 40):
+        with pytest.raises(VflMessageError, match="saved"):
+            VflHost("host-1", data.hosts["host-1"], PLAIN, None).restore_state(bad)

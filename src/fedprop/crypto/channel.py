@@ -67,13 +67,26 @@ signing and sealing keys are stolen before a handshake can be impersonated in it
 cannot wipe memory: keys leave memory when the channel (or :meth:`Channel.close`) drops
 them and the garbage collector reclaims them. A :class:`Channel` is safe to share between
 threads but refuses to be copied or pickled: two copies would reuse nonces.
+
+Saved state (for a node that runs every message in a fresh process): :meth:`Channel.export_state`
+and :meth:`Channel.restore` carry the two direction keys and counters, and
+:meth:`PendingChannel.export_state` / :meth:`PendingChannel.restore` a handshake in progress
+(its ephemeral private key), as bytes the node keeps in its own per-job state folder (owner
+only). A saved state *is* the channel: restoring one copy twice and sealing with both would
+reuse nonces. So a channel with a journal (:meth:`Channel.set_journal`) writes its advanced
+state through the journal *before* :meth:`Channel.seal` encrypts and returns a message
+(write-ahead): a node that crashes after a message left, without saving anything else,
+restores a counter past every counter it used. A counter persisted but never used is only
+skipped (the peer then refuses the next message: the job stops, nothing leaks). Opening
+journals too, so a restored channel refuses every message it had already accepted.
 """
 
 from __future__ import annotations
 
 import struct
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Final, NoReturn, SupportsIndex, TypeAlias
 
 from cryptography.exceptions import InvalidTag
@@ -100,7 +113,9 @@ from fedprop.crypto.params import (
     CHANNEL_MAX_BYTES,
     CHANNEL_MAX_MESSAGES,
     CHANNEL_MAX_PAYLOAD_BYTES,
+    CHANNEL_PENDING_STATE_LABEL,
     CHANNEL_SIGNATURE_LABEL,
+    CHANNEL_STATE_LABEL,
     CHANNEL_TRANSCRIPT_LABEL,
 )
 from fedprop.errors import FedpropError
@@ -127,6 +142,9 @@ _HEADER_BYTES: Final = len(_MESSAGE_MAGIC) + _COUNTER.size
 _TAG_BYTES: Final = 16  # AES-GCM
 
 _Bytes: TypeAlias = bytes | bytearray | memoryview
+
+#: What a channel calls with its exported state whenever a counter advances (write-ahead).
+Journal: TypeAlias = Callable[[bytes], None]
 
 
 class ChannelError(FedpropError):
@@ -249,6 +267,57 @@ class PendingChannel:
         """This side's offer, to send to the peer (also returned by :func:`start_channel`)."""
         return self._offer
 
+    def export_state(self) -> bytes:
+        """This handshake in progress as bytes (its ephemeral *private* key: keep it secret,
+        owner-only, and delete it once :meth:`complete` succeeded).
+
+        :class:`ChannelError` if the handshake is already complete.
+        """
+        with self._lock:
+            if self._ephemeral is None:
+                raise ChannelError("a completed handshake has no state to save")
+            raw = self._ephemeral.private_bytes(
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            )
+            return join_frames([CHANNEL_PENDING_STATE_LABEL, raw, self._offer.to_bytes()])
+
+    @classmethod
+    def restore(cls, identity: NodeIdentity, manifest: Manifest, state: _Bytes) -> PendingChannel:
+        """The handshake :meth:`export_state` saved, for ``identity`` in ``manifest``.
+
+        :class:`ChannelError` if ``state`` is malformed or was saved by another node, for
+        another federation, or with an offer that its key does not match.
+        """
+        if not isinstance(identity, NodeIdentity) or not isinstance(manifest, Manifest):
+            raise TypeError("identity must be a NodeIdentity and manifest a Manifest")
+        try:
+            frames = split_frames(bytes(state), "saved handshake")
+        except (FramingError, TypeError):
+            raise ChannelError("not a saved channel handshake (malformed)") from None
+        if len(frames) != 3 or frames[0] != CHANNEL_PENDING_STATE_LABEL:
+            raise ChannelError("not a saved channel handshake of this version")
+        offer = ChannelOffer.from_bytes(frames[2])
+        if offer.sender != identity.name or offer.federation != manifest.federation:
+            raise ChannelError(
+                f"the saved handshake belongs to '{offer.sender}' in federation "
+                f"'{offer.federation}', not to '{identity.name}' in '{manifest.federation}'"
+            )
+        if _node(manifest, identity.name) != identity.public:
+            raise ChannelError(f"the keys of '{identity.name}' are not the manifest's")
+        try:
+            ephemeral = X25519PrivateKey.from_private_bytes(frames[1])
+        except ValueError:
+            raise ChannelError("the saved handshake holds no usable key") from None
+        public = ephemeral.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        if public != offer.ephemeral:
+            raise ChannelError("the saved handshake's key does not match its offer")
+        peer = _node(manifest, offer.recipient)
+        return cls(identity, manifest, offer.job_id, peer, ephemeral, offer)
+
     def complete(self, peer_offer: ChannelOffer) -> Channel:
         """Check the peer's offer and derive the channel keys.
 
@@ -309,21 +378,24 @@ class PendingChannel:
                 keys[hi],
             ]
         )
-        send_key = _direction_key(ee + ss, transcript, me, peer)
-        receive_key = _direction_key(ee + ss, transcript, peer, me)
+        send_key = _direction_secret(ee + ss, transcript, me, peer)
+        receive_key = _direction_secret(ee + ss, transcript, peer, me)
         self._ephemeral = None  # forward secrecy, and no second channel with the same keys
-        return Channel(_Keys(federation, job_id, me, peer, send_key, receive_key))
+        return Channel(_Keys.of(federation, job_id, me, peer, send_key, receive_key))
 
 
-def _direction_key(ikm: bytes, transcript: bytes, sender: str, recipient: str) -> AESGCM:
+def _direction_secret(ikm: bytes, transcript: bytes, sender: str, recipient: str) -> bytes:
     info = CHANNEL_HKDF_INFO_LABEL + join_frames([sender.encode(), recipient.encode()])
-    key = HKDF(
+    return HKDF(
         algorithm=CHANNEL_HKDF_HASH(),
         length=CHANNEL_AEAD_KEY_BYTES,
         salt=transcript,
         info=info,
     ).derive(ikm)
-    return AESGCM(key)
+
+
+def _direction_key(ikm: bytes, transcript: bytes, sender: str, recipient: str) -> AESGCM:
+    return AESGCM(_direction_secret(ikm, transcript, sender, recipient))
 
 
 def start_channel(
@@ -367,8 +439,16 @@ class _Keys:
     job_id: str
     name: str
     peer: str
-    send: AESGCM
-    receive: AESGCM
+    send_raw: bytes = field(repr=False)
+    receive_raw: bytes = field(repr=False)
+    send: AESGCM = field(repr=False)
+    receive: AESGCM = field(repr=False)
+
+    @classmethod
+    def of(
+        cls, federation: str, job_id: str, name: str, peer: str, send: bytes, receive: bytes
+    ) -> _Keys:
+        return cls(federation, job_id, name, peer, send, receive, AESGCM(send), AESGCM(receive))
 
 
 class Channel:
@@ -377,7 +457,15 @@ class Channel:
     Made by :meth:`PendingChannel.complete`. Thread-safe; cannot be copied or pickled.
     """
 
-    __slots__ = ("_keys", "_lock", "_received", "_received_bytes", "_sent", "_sent_bytes")
+    __slots__ = (
+        "_journal",
+        "_keys",
+        "_lock",
+        "_received",
+        "_received_bytes",
+        "_sent",
+        "_sent_bytes",
+    )
 
     def __init__(self, keys: _Keys) -> None:
         if not isinstance(keys, _Keys):
@@ -388,6 +476,76 @@ class Channel:
         self._received = 0
         self._sent_bytes = 0
         self._received_bytes = 0
+        self._journal: Journal | None = None
+
+    def set_journal(self, journal: Journal | None) -> None:
+        """Call ``journal`` with :meth:`export_state` bytes each time a counter advances:
+        in :meth:`seal` before the message is encrypted and returned (write-ahead), in
+        :meth:`open` before the payload is returned. If the journal raises, the call
+        raises and no message comes out (a counter it may have skipped is never reused)."""
+        if journal is not None and not callable(journal):
+            raise TypeError("journal must be callable")
+        with self._lock:
+            self._journal = journal
+
+    def _state(self, keys: _Keys) -> bytes:
+        numbers = (self._sent, self._received, self._sent_bytes, self._received_bytes)
+        names = (keys.federation, keys.job_id, keys.name, keys.peer)
+        return join_frames(
+            [
+                CHANNEL_STATE_LABEL,
+                *(n.encode("utf-8") for n in names),
+                keys.send_raw,
+                keys.receive_raw,
+                *(_COUNTER.pack(v) for v in numbers),
+            ]
+        )
+
+    def export_state(self) -> bytes:
+        """This channel as bytes: both direction keys and every counter. Secret (keep it
+        owner-only), and single-use in spirit: sealing from two restored copies of one state
+        would reuse nonces (see the module's notes on saved state)."""
+        with self._lock:
+            return self._state(self._live())
+
+    @classmethod
+    def restore(
+        cls,
+        state: _Bytes,
+        *,
+        job_id: str,
+        name: str,
+        peer: str,
+        journal: Journal | None = None,
+    ) -> Channel:
+        """The channel :meth:`export_state` saved; :class:`ChannelError` if ``state`` is
+        malformed or is not the channel of ``name`` with ``peer`` for ``job_id``."""
+        try:
+            frames = split_frames(bytes(state), "saved channel")
+        except (FramingError, TypeError):
+            raise ChannelError("not a saved channel (malformed)") from None
+        if len(frames) != 11 or frames[0] != CHANNEL_STATE_LABEL:
+            raise ChannelError("not a saved channel of this version")
+        try:
+            federation, saved_job, me, other = (f.decode("utf-8") for f in frames[1:5])
+        except UnicodeDecodeError:
+            raise ChannelError("the saved channel has malformed names") from None
+        if (saved_job, me, other) != (job_id, name, peer):
+            raise ChannelError(
+                f"the saved channel is '{me}' -> '{other}' for job '{saved_job}', not "
+                f"'{name}' -> '{peer}' for job '{job_id}'"
+            )
+        send, receive = frames[5], frames[6]
+        if len(send) != CHANNEL_AEAD_KEY_BYTES or len(receive) != CHANNEL_AEAD_KEY_BYTES:
+            raise ChannelError("the saved channel's keys are malformed")
+        if any(len(f) != _COUNTER.size for f in frames[7:]):
+            raise ChannelError("the saved channel's counters are malformed")
+        sent, received, sent_bytes, received_bytes = (_COUNTER.unpack(f)[0] for f in frames[7:])
+        channel = cls(_Keys.of(federation, job_id, name, peer, send, receive))
+        channel._sent, channel._received = sent, received
+        channel._sent_bytes, channel._received_bytes = sent_bytes, received_bytes
+        channel._journal = journal
+        return channel
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
         _no_copy(self)
@@ -439,10 +597,13 @@ class Channel:
                     f"{CHANNEL_MAX_MESSAGES} messages or {CHANNEL_MAX_BYTES} bytes; "
                     "open a new channel"
                 )
-            ad = _associated_data(keys, keys.name, keys.peer, counter, topic)
-            ciphertext = keys.send.encrypt(_nonce(counter), payload, ad)
             self._sent = counter + 1
             self._sent_bytes += size
+            if self._journal is not None:
+                # Write-ahead: the advanced counter is saved before a message with it exists.
+                self._journal(self._state(keys))
+            ad = _associated_data(keys, keys.name, keys.peer, counter, topic)
+            ciphertext = keys.send.encrypt(_nonce(counter), payload, ad)
         return _MESSAGE_MAGIC + _COUNTER.pack(counter) + ciphertext
 
     def open(self, topic: str, data: _Bytes) -> bytes:
@@ -489,6 +650,8 @@ class Channel:
                 ) from None
             self._received = expected + 1
             self._received_bytes += len(payload)
+            if self._journal is not None:
+                self._journal(self._state(keys))
         return payload
 
 

@@ -25,12 +25,17 @@ __all__ = [
     "CHANNEL_MAX_BYTES",
     "CHANNEL_MAX_MESSAGES",
     "CHANNEL_MAX_PAYLOAD_BYTES",
+    "CHANNEL_PENDING_STATE_LABEL",
     "CHANNEL_SIGNATURE_LABEL",
+    "CHANNEL_STATE_LABEL",
     "CHANNEL_TRANSCRIPT_LABEL",
     "DEFAULT_FRAC_BITS",
     "DEFAULT_PAILLIER_BITS",
     "IDENTITY_DIR_MODE",
     "IDENTITY_FILE_MODE",
+    "JOB_STATE_DIR_MODE",
+    "JOB_STATE_FILE_LABEL",
+    "JOB_STATE_FILE_MODE",
     "MAX_SEALED_SECRET_BYTES",
     "MIN_PAILLIER_BITS",
     "NODE_AUTH_CURVE",
@@ -39,6 +44,7 @@ __all__ = [
     "PSI_HASH_TRIES",
     "PSI_MAX_IDS",
     "PSI_MESSAGE_LABEL",
+    "PSI_STATE_LABEL",
     "RANDOMNESS_EXPONENT_BITS",
     "SEAL_AD_LABEL",
     "SEAL_AEAD_KEY_BYTES",
@@ -50,6 +56,8 @@ __all__ = [
     "SLOT_GUARD_BITS",
     "VFL_MESSAGE_LABEL",
     "VFL_MIN_BATCH_ROWS",
+    "VFL_MIN_TEST_ROWS",
+    "VFL_STATE_LABEL",
 ]
 
 # --- Paillier ---------------------------------------------------------------------------
@@ -184,6 +192,13 @@ CHANNEL_MAX_BYTES: Final = 2**38
 #: party allocate; far under AES-GCM's limit for one message (64 GiB).
 CHANNEL_MAX_PAYLOAD_BYTES: Final = 512 * 2**20
 
+#: First frame of a saved channel (its two direction keys and counters, for a node that runs
+#: every message in a fresh process): a blob of another kind or version is refused.
+CHANNEL_STATE_LABEL: Final = b"fedprop-channel-state-v1"
+
+#: First frame of a saved handshake in progress (the ephemeral private key and the offer sent).
+CHANNEL_PENDING_STATE_LABEL: Final = b"fedprop-channel-pending-v1"
+
 # --- private set intersection (entity alignment) ------------------------------------------
 
 #: First field of the hash that maps an identifier to a Curve25519 point (the job id and the
@@ -207,6 +222,9 @@ PSI_MAX_IDS: Final = 2**24
 #: probability 2**-64 per identifier, far below the chance of a hardware error.
 PSI_HASH_TRIES: Final = 64
 
+#: First frame of a saved PSI role (its secret scalars and shuffles between two messages).
+PSI_STATE_LABEL: Final = b"fedprop-psi-state-v1"
+
 # --- vertical logistic regression (hetero LR) --------------------------------------------
 
 #: Fewest rows in one mini-batch of vertical training. Each party learns its own gradient
@@ -219,3 +237,25 @@ VFL_MIN_BATCH_ROWS: Final = 100
 #: First frame of every vertical-training message: a message of another protocol (or of
 #: another version of this one) is refused instead of being parsed as this one's.
 VFL_MESSAGE_LABEL: Final = b"fedprop-vfl-v1"
+
+#: Fewest held-out rows a vertical job's guest releases metrics of (AUC, KS, lift). Metrics
+#: of a handful of rows come close to telling which of them are positive; a hundred rows or
+#: more keep each metric an aggregate (and the job's minimum intersection bounds it too).
+VFL_MIN_TEST_ROWS: Final = 100
+
+#: First frame of a saved vertical-training party (weights, step, masks between messages).
+VFL_STATE_LABEL: Final = b"fedprop-vfl-state-v1"
+
+# --- a node's state between the messages of one job ----------------------------------------
+
+#: A node's folder of per-job state: owner only (like the identity folder). Between two
+#: messages of a vertical job it holds the job's secrets (PSI scalars, channel keys and
+#: counters, gradient masks); they are removed when the job ends.
+JOB_STATE_DIR_MODE: Final = 0o700
+
+#: Each file of a node's per-job state: owner read/write only.
+JOB_STATE_FILE_MODE: Final = 0o600
+
+#: First bytes of every per-job state file (a SHA-256 of the content follows): a truncated,
+#: altered or foreign file is reported as corrupt instead of being parsed.
+JOB_STATE_FILE_LABEL: Final = b"fedprop-job-state-v1\x00"

@@ -64,7 +64,11 @@ identifiers in its list and learn which of them a host holds (``max_ids`` bounds
 or send a host a different list of positions; the job's minimum guards the later training,
 not what a party can probe. Messages carry no authentication of their own: relay them over
 the authenticated end-to-end channel between the two parties (:mod:`fedprop.crypto.channel`).
-Scalars live in memory for one job only; nothing here is stored or logged.
+Scalars live in memory for one job only; nothing here is logged. A node that runs every
+message in a fresh process saves a role between messages with ``export_state`` and rebuilds it
+with ``restore`` (the secret scalars, the shuffles and what was sent or received so far, bound
+to the job's settings and to a digest of the party's identifiers); the saved bytes are as
+secret as the scalars: keep them owner-only and delete them when the alignment is done.
 """
 
 from __future__ import annotations
@@ -80,9 +84,16 @@ from typing import ClassVar, NoReturn, SupportsIndex
 
 import gmpy2
 import numpy as np
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from fedprop.crypto.params import PSI_HASH_LABEL, PSI_HASH_TRIES, PSI_MAX_IDS, PSI_MESSAGE_LABEL
+from fedprop.crypto.params import (
+    PSI_HASH_LABEL,
+    PSI_HASH_TRIES,
+    PSI_MAX_IDS,
+    PSI_MESSAGE_LABEL,
+    PSI_STATE_LABEL,
+)
 from fedprop.errors import FedpropError
 from fedprop.framing import FramingError, join_frames, split_frames
 
@@ -291,6 +302,72 @@ def _random_order(n: int) -> list[int]:
     keys = np.frombuffer(secrets.token_bytes(8 * n), dtype=np.uint64)
     order: list[int] = np.argsort(keys, kind="stable").tolist()
     return order
+
+
+# --- saved state ----------------------------------------------------------------------------
+
+
+def _scalar_bytes(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+def _scalar_of(raw: bytes) -> X25519PrivateKey:
+    try:
+        return X25519PrivateKey.from_private_bytes(raw)
+    except ValueError:
+        raise PsiError("psi: saved state: the secret scalar is malformed") from None
+
+
+def _binding(config: PsiConfig, ids: Sequence[str], role: bytes, name: str) -> bytes:
+    """What a saved state belongs to: the settings, the role and a digest of the ids."""
+    digest = hashlib.sha256()
+    for ident in ids:
+        raw = ident.encode("utf-8")
+        digest.update(_U32.pack(len(raw)) + raw)
+    settings = f"{config.min_intersection}/{int(config.case_fold)}/{config.max_ids}"
+    fields = [config.job_id.encode(), settings.encode(), role, name.encode(), digest.digest()]
+    return hashlib.sha256(join_frames(fields)).digest()
+
+
+def _order_bytes(order: Sequence[int]) -> bytes:
+    return np.asarray(order, dtype=_POSITION).tobytes()
+
+
+def _order_of(blob: bytes, n: int) -> list[int]:
+    if len(blob) != n * _POSITION.itemsize:
+        raise PsiError("psi: saved state: the shuffle does not fit the identifiers")
+    order: list[int] = np.frombuffer(blob, dtype=_POSITION).astype(np.int64).tolist()
+    if sorted(order) != list(range(n)):
+        raise PsiError("psi: saved state: the shuffle is not a permutation")
+    return order
+
+
+def _optional(blob: bytes | None) -> bytes:
+    return b"\x00" if blob is None else b"\x01" + blob
+
+
+def _read_optional(frame: bytes) -> bytes | None:
+    if frame[:1] == b"\x00" and len(frame) == 1:
+        return None
+    if frame[:1] != b"\x01":
+        raise PsiError("psi: saved state is malformed")
+    return frame[1:]
+
+
+def _state_frames(state: bytes, role: bytes, count: int | None) -> list[bytes]:
+    if not isinstance(state, bytes):
+        raise PsiError("psi: saved state must be bytes")
+    try:
+        frames = split_frames(state, "psi: saved state")
+    except FramingError:
+        raise PsiError("psi: saved state is malformed") from None
+    if len(frames) < 3 or frames[0] != PSI_STATE_LABEL or frames[1] != role:
+        raise PsiError(f"psi: not a saved {role.decode()} state of this version")
+    if count is not None and len(frames) != count:
+        raise PsiError("psi: saved state is malformed")
+    return frames
 
 
 # --- messages -----------------------------------------------------------------------------
@@ -508,6 +585,83 @@ class PsiGuest:
     def __repr__(self) -> str:
         return f"PsiGuest(job {self._config.job_id!r}, {len(self._ids)} ids, {len(self._pairs)})"
 
+    def export_state(self) -> bytes:
+        """Everything this guest holds between two messages, as bytes: each host's secret
+        scalar and shuffle, what was sent and what was received. Secret: keep it owner-only.
+
+        :class:`PsiError` once :meth:`finish` ran (keep its result instead).
+        """
+        if self._outcome is not None:
+            raise PsiError("psi: a finished alignment has no state to save; keep its result")
+        frames = [
+            PSI_STATE_LABEL,
+            b"guest",
+            _binding(self._config, self._ids, b"guest", ",".join(self._pairs)),
+        ]
+        for host, pair in self._pairs.items():
+            host_points = (
+                None
+                if pair.host_points is None
+                else b"".join(p for p, _ in sorted(pair.host_points.items(), key=lambda i: i[1]))
+            )
+            matches = None
+            if pair.matches is not None:
+                rows = list(pair.matches)
+                found = [pair.matches[r] for r in rows]
+                matches = _order_bytes(rows) + _order_bytes(found)
+            frames += [
+                host.encode("utf-8"),
+                _scalar_bytes(pair.key),
+                _order_bytes(pair.order),
+                _optional(None if pair.sent is None else pair.sent.points),
+                _optional(host_points),
+                _optional(None if pair.double is None else b"".join(pair.double)),
+                _optional(matches),
+            ]
+        return join_frames(frames)
+
+    @classmethod
+    def restore(
+        cls, config: PsiConfig, ids: Sequence[str], hosts: Sequence[str], state: bytes
+    ) -> PsiGuest:
+        """The guest :meth:`export_state` saved, for the same settings, ids and hosts.
+
+        :class:`PsiError` if ``state`` is malformed or belongs to other settings or ids.
+        """
+        guest = cls(config, ids, hosts)
+        per_host = 7
+        frames = _state_frames(state, b"guest", 3 + per_host * len(guest._pairs))
+        if frames[2] != _binding(config, guest._ids, b"guest", ",".join(guest._pairs)):
+            raise PsiError("psi: the saved state belongs to other settings, ids or hosts")
+        n = len(guest._ids)
+        for k, host in enumerate(guest._pairs):
+            name, key, order, sent, host_points, double, matches = frames[
+                3 + per_host * k : 3 + per_host * (k + 1)
+            ]
+            if name != host.encode("utf-8"):
+                raise PsiError("psi: the saved state lists other hosts")
+            pair = guest._pairs[host]
+            pair.key = _scalar_of(key)
+            pair.order = _order_of(order, n)
+            points = _read_optional(sent)
+            if points is not None:
+                pair.sent = BlindedIds(config.job_id, host, PsiRole.GUEST, points)
+                if pair.sent.count != n:
+                    raise PsiError("psi: saved state: the sent list does not fit the ids")
+            table = _read_optional(host_points)
+            if table is not None:
+                split = _split_points(table)
+                pair.host_points = dict(zip(split, range(len(split)), strict=True))
+            doubled = _read_optional(double)
+            pair.double = None if doubled is None else _split_points(doubled)
+            found = _read_optional(matches)
+            if found is not None:
+                half = len(found) // 2
+                rows = np.frombuffer(found[:half], dtype=_POSITION).tolist()
+                positions = np.frombuffer(found[half:], dtype=_POSITION).tolist()
+                pair.matches = dict(zip(rows, positions, strict=True))
+        return guest
+
     def _pair(self, host: str, what: str) -> _Pair:
         pair = self._pairs.get(host)
         if pair is None:
@@ -638,6 +792,48 @@ class PsiHost:
 
     def __repr__(self) -> str:
         return f"PsiHost({self._name!r}, job {self._config.job_id!r}, {len(self._ids)} ids)"
+
+    def export_state(self) -> bytes:
+        """Everything this host holds between two messages, as bytes: its secret scalar,
+        its shuffle, the list it sent and whether it answered. Secret: keep it owner-only.
+
+        :class:`PsiError` once :meth:`finish` ran (keep its result instead).
+        """
+        if self._result is not None:
+            raise PsiError("psi: a finished alignment has no state to save; keep its result")
+        return join_frames(
+            [
+                PSI_STATE_LABEL,
+                b"host",
+                _binding(self._config, self._ids, b"host", self._name),
+                _scalar_bytes(self._key),
+                _order_bytes(self._order),
+                _optional(None if self._sent is None else self._sent.points),
+                b"\x01" if self._doubled else b"\x00",
+            ]
+        )
+
+    @classmethod
+    def restore(cls, config: PsiConfig, ids: Sequence[str], name: str, state: bytes) -> PsiHost:
+        """The host :meth:`export_state` saved, for the same settings, ids and name.
+
+        :class:`PsiError` if ``state`` is malformed or belongs to other settings or ids.
+        """
+        host = cls(config, ids, name)
+        frames = _state_frames(state, b"host", 7)
+        if frames[2] != _binding(config, host._ids, b"host", host._name):
+            raise PsiError("psi: the saved state belongs to other settings, ids or name")
+        host._key = _scalar_of(frames[3])
+        host._order = _order_of(frames[4], len(host._ids))
+        points = _read_optional(frames[5])
+        if points is not None:
+            host._sent = BlindedIds(config.job_id, host._name, PsiRole.HOST, points)
+            if host._sent.count != len(host._ids):
+                raise PsiError("psi: saved state: the sent list does not fit the ids")
+        if frames[6] not in (b"\x00", b"\x01"):
+            raise PsiError("psi: saved state is malformed")
+        host._doubled = frames[6] == b"\x01"
+        return host
 
     def _check(self, job_id: str, host: str, what: str) -> None:
         if job_id != self._config.job_id:

@@ -95,11 +95,17 @@ cipher) the same steps carry the encoded integers in clear and nothing is masked
 role reads everything it receives.
 
 Roles are pure: no I/O, no clocks, no global state. :func:`train_in_process` wires them
-together in one process for tests and benchmarks and counts the messages.
+together in one process for tests and benchmarks and counts the messages. A node that runs
+every message in a fresh process saves a party between messages with ``export_state`` and
+loads it into a party rebuilt from the same columns, labels, settings and key with
+``restore_state`` (weights, intercept, position in the protocol, the masks of a gradient
+awaiting its opening, the guest's encrypted loss part): secret, keep it owner-only.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import secrets
 import struct
@@ -135,6 +141,7 @@ from fedprop.crypto.params import (
     DEFAULT_PAILLIER_BITS,
     VFL_MESSAGE_LABEL,
     VFL_MIN_BATCH_ROWS,
+    VFL_STATE_LABEL,
 )
 from fedprop.errors import FedpropError
 from fedprop.framing import FramingError, join_frames, split_frames
@@ -294,6 +301,12 @@ def batch_plan(rows: int, config: VflConfig, epoch: int) -> tuple[IntArray, ...]
     order = np.random.default_rng([config.seed, epoch]).permutation(rows)
     count = max(1, rows // config.batch_size)
     return tuple(np.sort(part).astype(np.int64) for part in np.array_split(order, count))
+
+
+def _list(value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list")
+    return value
 
 
 # --- fixed point -----------------------------------------------------------------------------
@@ -788,6 +801,76 @@ class _Party:
         """A copy of this party's weights (one per column)."""
         return self._weights.copy()
 
+    @property
+    def position(self) -> tuple[str, int, int]:
+        """The step this party expects next (``forward``, ``gradient``, ``update`` or
+        ``loss``), with its epoch and batch."""
+        return self._step, self._epoch, self._batch
+
+    def _binding(self) -> bytes:
+        """What a saved state belongs to: role, name, shape, host count and settings."""
+        what = f"{type(self).__name__}/{self.name}/{self.rows}/{self.columns}/{self._hosts}"
+        digest = hashlib.sha256(f"{what}/{self.config!r}".encode())
+        digest.update(np.ascontiguousarray(self._encoded, dtype=">i8").tobytes())
+        return digest.digest()
+
+    def _state_fields(self) -> dict[str, object]:
+        return {
+            "epoch": self._epoch,
+            "batch": self._batch,
+            "step": self._step,
+            "weights": [float(w).hex() for w in self._weights],
+            "masks": [str(m) for m in self._masks],
+            "extra": [str(e) for e in self._extra],
+            "loss_units": float(self._loss_units).hex(),
+        }
+
+    def _load_fields(self, fields: Mapping[str, object]) -> None:
+        epoch, batch, step = fields["epoch"], fields["batch"], fields["step"]
+        if not isinstance(epoch, int) or not isinstance(batch, int) or epoch < 1 or batch < 0:
+            raise VflProtocolError(f"'{self.name}': saved state: bad epoch or batch")
+        if step not in ("forward", "gradient", "update", "loss"):
+            raise VflProtocolError(f"'{self.name}': saved state: unknown step {step!r}")
+        weights = [float.fromhex(str(w)) for w in _list(fields["weights"])]
+        if len(weights) != self.columns:
+            raise VflProtocolError(f"'{self.name}': saved state holds {len(weights)} weights")
+        self._epoch, self._batch, self._step = epoch, batch, str(step)
+        self._plan = batch_plan(self.rows, self.config, epoch)
+        if batch > len(self._plan):
+            raise VflProtocolError(f"'{self.name}': saved state: batch {batch} out of range")
+        self._weights = np.array(weights, dtype=np.float64)
+        self._masks = [int(str(m)) for m in _list(fields["masks"])]
+        self._extra = [int(str(e)) for e in _list(fields["extra"])]
+        self._loss_units = float.fromhex(str(fields["loss_units"]))
+
+    def export_state(self) -> bytes:
+        """Everything this party holds between two messages, as bytes (weights, position,
+        pending masks; the guest's intercept and encrypted loss part). Secret: owner-only."""
+        body = json.dumps(self._state_fields(), sort_keys=True).encode()
+        return join_frames([VFL_STATE_LABEL, self._binding(), body])
+
+    def restore_state(self, state: bytes) -> None:
+        """Load :meth:`export_state` bytes into this party, freshly built from the same
+        columns (and labels), settings and key; :class:`VflProtocolError` if they differ
+        or the bytes are malformed."""
+        try:
+            frames = split_frames(bytes(state), "saved vfl party")
+        except (FramingError, TypeError):
+            raise VflMessageError(f"'{self.name}': saved state is malformed") from None
+        if len(frames) != 3 or frames[0] != VFL_STATE_LABEL:
+            raise VflMessageError(f"'{self.name}': not a saved party of this version")
+        if frames[1] != self._binding():
+            raise VflProtocolError(
+                f"'{self.name}': the saved state belongs to another party, data or settings"
+            )
+        try:
+            fields = json.loads(frames[2])
+            if not isinstance(fields, dict):
+                raise ValueError("not an object")
+            self._load_fields(fields)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise VflMessageError(f"'{self.name}': saved state is malformed: {exc}") from None
+
     def _expect(self, step: str, epoch: int, batch: int | None = None) -> None:
         if step != self._step:
             raise VflProtocolError(
@@ -970,6 +1053,22 @@ class VflGuest(_Party):
     def intercept(self) -> float:
         """The model's intercept (held by the guest)."""
         return self._intercept
+
+    def _binding(self) -> bytes:
+        signs = np.ascontiguousarray(self._signs, dtype=">i8").tobytes()
+        return hashlib.sha256(super()._binding() + signs).digest()
+
+    def _state_fields(self) -> dict[str, object]:
+        fields = super()._state_fields()
+        fields["intercept"] = float(self._intercept).hex()
+        fields["loss_cipher"] = None if self._loss_cipher is None else str(self._loss_cipher)
+        return fields
+
+    def _load_fields(self, fields: Mapping[str, object]) -> None:
+        super()._load_fields(fields)
+        self._intercept = float.fromhex(str(fields["intercept"]))
+        cipher = fields["loss_cipher"]
+        self._loss_cipher = None if cipher is None else int(str(cipher))
 
     def residuals(self, forwards: Sequence[HostForward]) -> tuple[GuestResidual, MaskedGradient]:
         """Step 2: ``[[D_i]]`` for the hosts and the guest's own masked gradient."""
