@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from fedprop.cli import main
@@ -16,6 +17,7 @@ from fedprop.crypto.identity import Manifest, NodePublicKeys, load_identity
 from synthetic import write_bank_full
 
 SPEC = Path(__file__).resolve().parents[1] / "configs" / "bank-marketing-hfl.toml"
+VFL_SPEC = SPEC.with_name("bank-marketing-vfl.toml")
 BANKS = ("bank-a", "bank-b", "bank-c", "bank-d")
 
 
@@ -87,6 +89,35 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert tampered.returncode == 1
     assert tampered.stdout.startswith("audit FAILED")
     assert f"error: bank-c seq {seq}:" in tampered.stdout
+
+
+@pytest.mark.simulation
+def test_vertical_demo_then_scoring_end_to_end(tmp_path: Path) -> None:
+    write_bank_full(tmp_path / "bank-full.csv", rows=3_000, seed=5)
+    spec = tmp_path / "vfl.toml"
+    spec.write_text(VFL_SPEC.read_text().replace("max-epochs = 5", "max-epochs = 2"))
+    done = fedprop(
+        "demo", "--vertical", "--spec", str(spec), "--source", str(tmp_path), "--out", "run",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Released by the bank (held-out rows): AUC" in done.stdout
+    assert "every party's logs verify" in done.stdout
+    trained = json.loads(
+        next((tmp_path / "run" / "results").glob("*-vfl-*[0-9]/result.json")).read_text()
+    )
+    assert trained["intersection"] == 3_000 and len(trained["epochs"]) == 2
+    assert 0.5 < trained["metrics"]["auc"] <= 1.0
+    # The bank scores its customers again later, with the model the parties kept.
+    again = fedprop("score", trained["job"], "--root", "run", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    lists = sorted((tmp_path / "run" / "jobs" / "out" / "bank").glob("*.csv"))
+    assert len(lists) == 2  # the demo's and this one
+    ranked = pd.read_csv(lists[-1])
+    assert list(ranked.columns) == ["id", "score", "rank", "decile"] and len(ranked) == 3_000
+    assert not (tmp_path / "run" / "jobs" / "out" / "partner").exists()
+    unknown = fedprop("score", "no-such-model", "--root", "run", cwd=tmp_path)
+    assert unknown.returncode == 2 and "keeps model 'no-such-model'" in unknown.stderr
 
 
 def test_a_missing_source_is_one_clear_line(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import os
 import stat
 from collections import Counter, defaultdict
@@ -83,116 +82,13 @@ from fedprop.protocols.vfl import (
     _encode_features,
     train_in_process,
 )
-from synthetic import write_bank_full
+from synthetic import GUEST, HOST, label_patterns, spec_text, write_bank_full, write_parties
 
-GUEST, HOST, HOST_2 = "bank", "partner", "telco"
+HOST_2 = "telco"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: Customers of the default-credit sample in the quality test (about 1,100 held out).
 ROWS = 6000
-
-
-# --- synthetic parties ---------------------------------------------------------------------
-
-
-def write_parties(
-    root: Path, hosts: Sequence[str] = (HOST,), rows: int = 520, seed: int = 3
-) -> None:
-    """``root/<party>/data.csv``: ids ``CUST-...``, the guest with the label, each host
-    missing a different 8% of the customers; every party's rows in its own order."""
-    rng = np.random.default_rng(seed)
-    ids = np.array([f"CUST-{i:06d}" for i in range(rows)])
-    x = rng.normal(size=(rows, 3))
-    segment = rng.choice(["retail", "premium", "private"], rows)
-    logit = x @ [0.8, -0.6, 0.5] + np.where(segment == "private", 0.8, 0.0) - 0.4
-    host_frames = {}
-    for k, host in enumerate(hosts):
-        h = rng.normal(size=(rows, 3))
-        tenure = np.where(rng.random(rows) < 0.1, -1, rng.integers(0, 40, rows))
-        logit = logit + h @ ([1.4, -1.1, 0.9] if k == 0 else [0.6, 0.6, -0.6])
-        logit = logit + np.where(tenure == -1, 0.5, tenure / 40.0)
-        keep = rng.random(rows) >= 0.08
-        host_frames[host] = pd.DataFrame(
-            {"id": ids, "h1": h[:, 0], "h2": h[:, 1], "h3": h[:, 2], "tenure": tenure}
-        )[keep]
-    y = np.where(rng.random(rows) < 1 / (1 + np.exp(-logit)), "yes", "no")
-    guest = pd.DataFrame(
-        {"id": ids, "x1": x[:, 0], "x2": x[:, 1], "x3": x[:, 2], "segment": segment, "y": y}
-    )
-    for party, frame in {GUEST: guest, **host_frames}.items():
-        (root / party).mkdir(parents=True)
-        shuffled = frame.sample(frac=1.0, random_state=int(rng.integers(1 << 30)))
-        shuffled.to_csv(root / party / VERTICAL_FILE, index=False, float_format="%.6f")
-
-
-def spec_text(
-    *,
-    job: str = "synth-vfl",
-    mode: str = "plaintext",
-    hosts: Sequence[str] = (HOST,),
-    epochs: int = 2,
-    batch: int = 150,
-    tolerance: float = 0.0,
-    minimum: int = 300,
-) -> str:
-    host_tables = "".join(
-        f"""
-[parties.{h}]
-id-column = "id"
-[[parties.{h}.columns]]
-name = "h1"
-kind = "float"
-[[parties.{h}.columns]]
-name = "h2"
-kind = "float"
-[[parties.{h}.columns]]
-name = "h3"
-kind = "float"
-[[parties.{h}.columns]]
-name = "tenure"
-kind = "integer"
-sentinel = -1
-"""
-        for h in hosts
-    )
-    return f"""
-[job]
-id = "{job}"
-type = "vfl-train"
-guest = "{GUEST}"
-hosts = {json.dumps(list(hosts))}
-aggregation = "{mode}"
-key-bits = 2048
-min-intersection = {minimum}
-
-[train]
-learning-rate = 0.5
-batch-size = {batch}
-max-epochs = {epochs}
-tolerance = {tolerance}
-
-[evaluate]
-test-fraction = 0.25
-seed = 11
-
-[parties.{GUEST}]
-id-column = "id"
-label = "y"
-label-values = ["no", "yes"]
-[[parties.{GUEST}.columns]]
-name = "x1"
-kind = "float"
-[[parties.{GUEST}.columns]]
-name = "x2"
-kind = "float"
-[[parties.{GUEST}.columns]]
-name = "x3"
-kind = "float"
-[[parties.{GUEST}.columns]]
-name = "segment"
-kind = "categorical"
-vocabulary = ["retail", "premium", "private"]
-{host_tables}"""
 
 
 @dataclass
@@ -360,25 +256,6 @@ def party_view(run: JobRun, party: str) -> bytes:
     ]
     parts += [p.read_bytes() for p in (run.fed.root / "models" / party).rglob("*") if p.is_file()]
     return b"\x00".join(parts)
-
-
-def label_patterns(labels: np.ndarray) -> list[bytes]:
-    """A label vector in every encoding a careless implementation might send or store."""
-    y = np.asarray(labels).astype(np.int64)
-    text = [str(v) for v in y]
-    return [
-        y.astype(np.uint8).tobytes(),
-        y.astype("<i8").tobytes(),
-        y.astype(">i8").tobytes(),
-        y.astype("<f8").tobytes(),
-        y.astype(">f8").tobytes(),
-        np.where(y == 1, 1, -1).astype(np.int8).tobytes(),
-        np.where(y == 1, 1, -1).astype("<i8").tobytes(),
-        ",".join(text).encode(),
-        "".join(text).encode(),
-        json.dumps(y.tolist()).encode(),
-        "".join(text[:64]).encode(),
-    ]
 
 
 def ints_of(payload: bytes) -> list[int]:

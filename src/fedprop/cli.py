@@ -28,6 +28,8 @@ DEFAULT_DATA = Path("data/parties")
 DEFAULT_OUT = Path("runs/demo")
 DEFAULT_QUERY = Path("configs/query-take-up.toml")
 DEFAULT_QUERY_OUT = Path("runs/query")
+DEFAULT_VERTICAL_SPEC = Path("configs/bank-marketing-vfl.toml")
+DEFAULT_VERTICAL_ROOT = Path("runs/vertical")
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
@@ -42,6 +44,14 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.vertical:
+        from fedprop.joint import run_vertical_demo
+
+        source = args.source.parent if args.source.suffix == ".csv" else args.source
+        root = DEFAULT_VERTICAL_ROOT if args.out is None else args.out
+        run_vertical_demo(args.spec or DEFAULT_VERTICAL_SPEC, source, root)
+        return 0
+
     from fedprop.demo import DemoConfig, run_demo
 
     overrides: dict[str, dict[str, object]] = {}
@@ -53,10 +63,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         overrides.setdefault("job", {})["aggregation"] = args.aggregation
     results = run_demo(
         DemoConfig(
-            spec_path=args.spec,
+            spec_path=args.spec or DEFAULT_SPEC,
             source=args.source,
             data_dir=args.data,
-            out_dir=args.out,
+            out_dir=args.out or DEFAULT_OUT,
             overrides=overrides,
         )
     )
@@ -181,8 +191,14 @@ def _cmd_coordinator_submit(args: argparse.Namespace) -> int:
     if args.query:
         print(f"answer: {args.results / ANSWER_CSV}")
         return 0
-    result = json.loads((args.results / RESULT_FILE).read_text(encoding="utf-8"))
-    print(f"global AUC {result['final']['auc']:.4f}; result: {args.results / RESULT_FILE}")
+    path = args.results / RESULT_FILE
+    result = json.loads(path.read_text(encoding="utf-8"))
+    if "final" in result:
+        print(f"global AUC {result['final']['auc']:.4f}; result: {path}")
+    elif "metrics" in result:  # vertical training: the guest's released metrics
+        print(f"AUC {result['metrics']['auc']:.4f}; result: {path}")
+    else:  # joint scoring: the target list stays at the guest
+        print(f"{result['rows']} customers scored at the guest; result: {path}")
     return 0
 
 
@@ -190,6 +206,13 @@ def _cmd_query(args: argparse.Namespace) -> int:
     from fedprop.ask import run_local_query
 
     run_local_query(args.query, args.source, args.data, args.out)
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from fedprop.joint import run_local_score
+
+    run_local_score(args.model, args.root)
     return 0
 
 
@@ -276,10 +299,22 @@ def _parser() -> argparse.ArgumentParser:
     split.set_defaults(func=_cmd_split)
 
     demo = sub.add_parser("demo", help="run the four-bank federation and compare with baselines")
-    demo.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="job spec (TOML)")
-    demo.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="bank-full.csv")
+    demo.add_argument(
+        "--spec", type=Path, help=f"job spec (default {DEFAULT_SPEC}; {DEFAULT_VERTICAL_SPEC})"
+    )
+    demo.add_argument(
+        "--source", type=Path, default=DEFAULT_SOURCE, help="bank-full.csv (its folder)"
+    )
     demo.add_argument("--data", type=Path, default=DEFAULT_DATA, help="party data folder")
-    demo.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    demo.add_argument(
+        "--out", type=Path, help=f"results folder (default {DEFAULT_OUT}; {DEFAULT_VERTICAL_ROOT})"
+    )
+    demo.add_argument(
+        "--vertical",
+        action="store_true",
+        help="a bank and a partner with different columns of the same customers: "
+        "train jointly, then score the bank's customers",
+    )
     demo.add_argument("--model", choices=("logreg", "mlp"), help="override the spec's model")
     demo.add_argument("--rounds", type=int, help="override the spec's number of rounds")
     demo.add_argument(
@@ -295,6 +330,15 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--data", type=Path, default=DEFAULT_DATA, help="party data folder")
     query.add_argument("--out", type=Path, default=DEFAULT_QUERY_OUT, help="answer folder")
     query.set_defaults(func=_cmd_query)
+
+    score = sub.add_parser(
+        "score", help="rank the bank's customers with a vertical model (target list at the bank)"
+    )
+    score.add_argument("model", help="the vertical training job whose model to use")
+    score.add_argument(
+        "--root", type=Path, default=DEFAULT_VERTICAL_ROOT, help="the vertical demo's folder"
+    )
+    score.set_defaults(func=_cmd_score)
 
     node = sub.add_parser("node", help="a partner institution's node").add_subparsers(
         dest="node_command", required=True

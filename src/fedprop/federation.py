@@ -51,8 +51,15 @@ class LocalFederation:
         allow_plaintext: bool = False,
         allow_model_release: bool = False,
         policies: Mapping[str, Path] | None = None,
+        jobs_dir: Path | None = None,
     ) -> dict[str, NodeConfig]:
-        """Each party's node configuration (``policies``: each party's policy file)."""
+        """Each party's node configuration (``policies``: each party's policy file;
+        ``jobs_dir``: for vertical jobs, ``state/``, ``models/`` and ``out/`` folders with
+        one folder per party)."""
+
+        def under(kind: str, party: str) -> Path | None:
+            return None if jobs_dir is None else (Path(jobs_dir) / kind / party).resolve()
+
         return {
             party: NodeConfig(
                 party=party,
@@ -63,6 +70,9 @@ class LocalFederation:
                 allow_plaintext=allow_plaintext,
                 allow_model_release=allow_model_release,
                 policy=None if policies is None else Path(policies[party]).resolve(),
+                state_dir=under("state", party),
+                model_dir=under("models", party),
+                output_dir=under("out", party),
             )
             for party, key_dir in self.key_dirs.items()
         }

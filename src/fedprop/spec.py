@@ -22,6 +22,9 @@ from typing import Any
 from fedprop.crypto.params import ALLOWED_PAILLIER_BITS, DEFAULT_PAILLIER_BITS
 from fedprop.data.schema import Schema
 from fedprop.errors import SpecError
+from fedprop.tables import check_keys as _check_keys
+from fedprop.tables import get as _get
+from fedprop.tables import table as _table
 
 __all__ = [
     "DP_OPTIMIZERS",
@@ -194,34 +197,6 @@ class JobSpec:
 
 
 # --- parsing -----------------------------------------------------------------------------------
-
-
-def _table(doc: Mapping[str, Any], name: str, required: bool = True) -> Mapping[str, Any]:
-    value = doc.get(name)
-    if value is None:
-        if required:
-            raise SpecError(f"missing table [{name}]")
-        return {}
-    if not isinstance(value, Mapping):
-        raise SpecError(f"[{name}] must be a table")
-    return value
-
-
-def _check_keys(table: Mapping[str, Any], name: str, allowed: set[str]) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise SpecError(f"[{name}]: unknown key(s) {', '.join(unknown)}")
-
-
-def _get(table: Mapping[str, Any], name: str, key: str, kind: type, default: Any) -> Any:
-    value = table.get(key, default)
-    if value is None:
-        raise SpecError(f"[{name}]: missing key '{key}'")
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise SpecError(f"[{name}] {key}: expected {kind.__name__}, got {value!r}")
-    return value
 
 
 def _enum(table: Mapping[str, Any], name: str, key: str, enum: type[StrEnum], default: Any) -> Any:

@@ -65,7 +65,8 @@ from fedprop.protocols.analytics import QueryStep
 from fedprop.protocols.hfl import ReleaseRequest, Step
 from fedprop.protocols.messages import AbortRequest, KeysReply
 from fedprop.protocols.secure_sum import VectorKind
-from fedprop.protocols.steps import REQUESTS, job_of
+from fedprop.protocols.steps import REQUESTS, VERTICAL_KINDS, job_of
+from fedprop.protocols.vertical import ScoreSpec, parse_vertical
 from fedprop.spec import JobSpec
 
 __all__ = [
@@ -175,9 +176,15 @@ def _noting() -> Iterator[list[Event]]:
 
 
 def step_label(message_type: str, request: object | None) -> str:
-    """An entry's ``step``: the message type, and the protocol round where there is one."""
+    """An entry's ``step``: the message type, and the protocol round (or a vertical job's
+    epoch and mini-batch) where there is one."""
     round_ = getattr(request, "round", None)
-    return message_type if round_ is None else f"{message_type} round {round_}"
+    if round_ is not None:
+        return f"{message_type} round {round_}"
+    epoch = getattr(request, "epoch", 0)
+    if isinstance(epoch, int) and epoch > 0:
+        return f"{message_type} epoch {epoch} batch {getattr(request, 'batch', 0)}"
+    return message_type
 
 
 def _signer_key(manifest: Manifest, name: str) -> Ed25519PublicKey:
@@ -296,7 +303,13 @@ def _accepted_rule(text: str) -> str:
     ref = job_of(text)
     if ref is not None and ref.kind == "query":
         return "query allowed by the node's policy and budget; signed by the pinned coordinator"
-    aggregation = _spec(text).aggregation.value
+    if ref is not None and ref.kind in VERTICAL_KINDS:
+        vertical = parse_vertical(text)
+        if isinstance(vertical, ScoreSpec):
+            return f"parties in pinned manifest; scoring with its part of model '{vertical.model}'"
+        aggregation = vertical.aggregation.value
+    else:
+        aggregation = _spec(text).aggregation.value
     return f"parties in pinned manifest; aggregation {aggregation} allowed"
 
 

@@ -20,6 +20,12 @@ The SuperNode's ``--node-config`` tells the node who and where it is:
 | ``allow-model-release`` | release the final model to the coordinator (default false) |
 | ``policy`` | the node's privacy policy (TOML); without one it answers no query |
 | ``ledger`` | its budget ledger (default ``<audit-dir>/<party>.budget.jsonl``) |
+| ``state-dir`` | vertical jobs: per-job state between messages (secrets; owner-only) |
+| ``model-dir`` | vertical jobs: the model parts this node keeps |
+| ``output-dir`` | vertical scoring at the guest: the ranked target lists it writes |
+
+A vertical job reads ``data.csv`` in ``data-dir``; a node without ``state-dir`` and
+``model-dir`` refuses vertical jobs.
 
 Every message passes the node's audit (:mod:`fedprop.apps.audit`), then its policy gate
 (:mod:`fedprop.apps.policy`), before a step handler runs.
@@ -44,8 +50,9 @@ from flwr.clientapp import ClientApp
 from fedprop.apps.audit import audit_mod, note_event
 from fedprop.apps.policy import policy_mod
 from fedprop.apps.records import error_reply, from_record, to_record
-from fedprop.audit import EventKind, budget_detail, release_detail
+from fedprop.audit import EventKind, budget_detail, key_ceremony_detail, release_detail
 from fedprop.crypto.identity import Manifest, load_identity
+from fedprop.crypto.params import VFL_MIN_TEST_ROWS
 from fedprop.data.loader import load_party
 from fedprop.data.schema import Schema
 from fedprop.errors import FedpropError
@@ -64,6 +71,15 @@ from fedprop.protocols.analytics import (
 from fedprop.protocols.hfl import HflNode, NodeSettings, Step
 from fedprop.protocols.messages import AbortReply
 from fedprop.protocols.steps import REQUESTS
+from fedprop.protocols.vertical import (
+    AlignedReply,
+    HelloRequest,
+    MetricsReply,
+    ScoredReply,
+    VerticalNode,
+    VerticalSettings,
+    VStep,
+)
 from fedprop.spec import JobSpec
 
 __all__ = [
@@ -77,6 +93,8 @@ __all__ = [
 
 #: Flower error code for a request the node refused or could not carry out.
 ERROR_CODE = 4001
+
+_VERTICAL_STEPS = frozenset(s.value for s in VStep)
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,9 @@ class NodeConfig:
     allow_model_release: bool = False
     policy: Path | None = None
     ledger: Path | None = None
+    state_dir: Path | None = None
+    model_dir: Path | None = None
+    output_dir: Path | None = None
 
     @property
     def ledger_path(self) -> Path:
@@ -107,6 +128,9 @@ class NodeConfig:
                 raise FedpropError(f"node config lacks '{key}' (set it with --node-config)")
             return str(config[key])
 
+        def path(key: str) -> Path | None:
+            return Path(str(config[key])) if key in config else None
+
         def flag(key: str) -> bool:
             value = config.get(key, False)
             if not isinstance(value, bool):
@@ -121,8 +145,11 @@ class NodeConfig:
             audit_dir=Path(text("audit-dir")),
             allow_plaintext=flag("allow-plaintext"),
             allow_model_release=flag("allow-model-release"),
-            policy=Path(str(config["policy"])) if "policy" in config else None,
-            ledger=Path(str(config["ledger"])) if "ledger" in config else None,
+            policy=path("policy"),
+            ledger=path("ledger"),
+            state_dir=path("state-dir"),
+            model_dir=path("model-dir"),
+            output_dir=path("output-dir"),
         )
 
     def settings(self) -> NodeSettings:
@@ -137,6 +164,24 @@ class NodeConfig:
         except OSError as exc:
             raise FedpropError(f"{self.manifest}: cannot read the manifest: {exc}") from None
         return NodeSettings(identity, manifest, self.allow_plaintext, self.allow_model_release)
+
+    def vertical_settings(self) -> VerticalSettings:
+        """This node's settings for vertical jobs; refuses without state and model folders."""
+        if self.state_dir is None or self.model_dir is None:
+            raise FedpropError(
+                "this node takes no vertical job: its node config sets no 'state-dir' "
+                "and 'model-dir'"
+            )
+        base = self.settings()
+        return VerticalSettings(
+            identity=base.identity,
+            manifest=base.manifest,
+            data_dir=self.data_dir,
+            state_dir=self.state_dir,
+            model_dir=self.model_dir,
+            output_dir=self.output_dir,
+            allow_plaintext=self.allow_plaintext,
+        )
 
 
 Locator = Callable[[Context], NodeConfig]
@@ -240,6 +285,36 @@ def _spend_on_training(config: NodeConfig, node: HflNode, round_: int) -> None:
     _note_spend(decision)
 
 
+def _answer_vertical(config: NodeConfig, step: VStep, request: Any) -> object:
+    """Answer a vertical step with a node rebuilt from disk; report to the node's log the
+    keys it pinned and offered and every number it released to the coordinator."""
+    reply = VerticalNode(config.vertical_settings()).handle(step, request)
+    if isinstance(request, HelloRequest):
+        offers = getattr(reply, "envelopes", b"")
+        note_event(
+            EventKind.KEY_CEREMONY,
+            key_ceremony_detail("arbiter-key-pinned-channel-keys-offered", request.key + offers),
+        )
+    released = _vertical_release(reply)
+    if released is not None:
+        note_event(EventKind.RELEASE, release_detail(*released))
+    return reply
+
+
+def _vertical_release(reply: object) -> tuple[str, str] | None:
+    """What a vertical reply releases to the coordinator, and the rule; None if nothing."""
+    if isinstance(reply, AlignedReply):
+        return f"intersection size ({reply.rows})", "alignment: the size only, no id"
+    if isinstance(reply, MetricsReply):
+        return (
+            f"AUC, KS, lift at 10% and 20% of {reply.rows} held-out rows",
+            f"metrics only, over at least {VFL_MIN_TEST_ROWS} held-out rows",
+        )
+    if isinstance(reply, ScoredReply):
+        return f"number of customers scored ({reply.rows})", "the target list stays here"
+    return None
+
+
 def _answer(locate: Locator, message: Message, context: Context) -> Message:
     message_type = message.metadata.message_type
     party = "?"
@@ -250,7 +325,9 @@ def _answer(locate: Locator, message: Message, context: Context) -> Message:
         if message_type == Step.ABORT:
             _node.cache_clear()
             return Message(to_record(AbortReply(config.party)), reply_to=message)
-        if isinstance(request, QueryRequest | QueryReleaseRequest):
+        if message_type in _VERTICAL_STEPS:
+            reply = _answer_vertical(config, VStep(message_type), request)
+        elif isinstance(request, QueryRequest | QueryReleaseRequest):
             reply = _answer_query(config, QueryStep(message_type), request)
         else:
             node = _node(request.spec, config)
@@ -273,9 +350,9 @@ def build_client_app(locate: Locator = node_config_locator, *, audit: bool = Tru
         config = locate(context)
         return config.party, config.audit_dir, config.key_dir, config.manifest
 
-    def policy_paths(context: Context) -> tuple[str, Path, Path | None]:
+    def policy_paths(context: Context) -> tuple[str, Path, Path | None, Path | None]:
         config = locate(context)
-        return config.party, config.manifest, config.policy
+        return config.party, config.manifest, config.policy, config.model_dir
 
     gate = policy_mod(policy_paths)
     client_app = ClientApp(mods=[audit_mod(paths), gate] if audit else [gate])
@@ -286,10 +363,11 @@ def build_client_app(locate: Locator = node_config_locator, *, audit: bool = Tru
     # One handler for every step: the message type says which; unknown types never reach it.
     for message_type in REQUESTS:
         category, _, action = message_type.partition(".")
-        if category == "query":
-            client_app.query(action)(answer)
-    client_app.train()(answer)
-    client_app.evaluate()(answer)
+        register = getattr(client_app, category)
+        if action:
+            register(action)(answer)
+        else:
+            register()(answer)
 
     return client_app
 

@@ -8,9 +8,11 @@ reply turned into a :class:`JobFailedError` that names the party.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -24,12 +26,23 @@ from fedprop.apps.audit import CoordinatorAudit, open_party_log, step_label
 from fedprop.apps.records import attach_checkpoint, error_party, from_record, to_record
 from fedprop.audit import AuditLog
 from fedprop.crypto.identity import Manifest, load_identity
-from fedprop.errors import FedpropError, JobFailedError
+from fedprop.errors import FedpropError, JobFailedError, SpecError
 from fedprop.files import write_text_atomic
 from fedprop.protocols.analytics import QueryOutcome, QuerySpec, answer_frame, run_query
 from fedprop.protocols.hfl import HflResult, ProgressFn, Step, run_hfl
 from fedprop.protocols.messages import AbortRequest
-from fedprop.protocols.steps import REPLIES
+from fedprop.protocols.steps import REPLIES, VERTICAL_KINDS, job_of
+from fedprop.protocols.vertical import ProgressFn as EpochFn
+from fedprop.protocols.vertical import (
+    ScoreResult,
+    ScoreSpec,
+    VerticalResult,
+    VerticalSpec,
+    VStep,
+    parse_vertical,
+    run_vertical,
+    run_vertical_score,
+)
 from fedprop.spec import JobSpec
 
 __all__ = [
@@ -40,8 +53,10 @@ __all__ = [
     "GridTransport",
     "app",
     "build_server_app",
+    "load_job",
     "write_answer",
     "write_result",
+    "write_vertical_result",
 ]
 
 #: Seconds to wait for every party's node to connect before a job starts.
@@ -170,7 +185,8 @@ class GridTransport:
         return each party's reply. With an audit, every message is on the coordinator's
         log, each request carries its latest signed checkpoint and each reply's checkpoint
         is witnessed."""
-        discovering = to is None and set(self._party_of.values()) != set(self.parties)
+        everyone = to is None or set(to) == set(self.parties)
+        discovering = everyone and set(self._party_of.values()) != set(self.parties)
         if discovering:
             node_ids = self._node_ids()
         else:
@@ -237,19 +253,19 @@ class GridTransport:
             self._fail(label, missing, f"{step.value}: no node answered as {', '.join(missing)}")
         return by_party
 
-    def abort(self, spec_text: str) -> None:
+    def abort(self, spec_text: str, step: StrEnum = Step.ABORT) -> None:
         """Tell the nodes of every party that answered and did not fail that the job
-        stopped, naming only the failed step and parties; best effort, bounded wait."""
-        if self._failed is None:
-            return
-        label, failed = self._failed
+        stopped (with ``step``, the job type's abort step), naming only the failed step and
+        parties, or the coordinator when its own check failed; best effort, bounded wait."""
+        label, failed = self._failed or ("the coordinator's check", [])
         told = [p for p in self.parties if p in self._party_of.values() and p not in failed]
         if not told:
             return
-        request = AbortRequest(spec_text, f"{label} failed at {', '.join(failed)}")
+        reason = f"{label} failed at {', '.join(failed)}" if failed else f"{label} failed"
+        request = AbortRequest(spec_text, reason)
         saved, self.step_timeout = self.step_timeout, min(self.step_timeout, ABORT_WAIT_SECONDS)
         try:
-            self.broadcast(Step.ABORT, request, to=told)
+            self.broadcast(step, request, to=told)
         except FedpropError:
             pass
         finally:
@@ -258,28 +274,47 @@ class GridTransport:
 
 ResultSink = Callable[[HflResult], None]
 AnswerSink = Callable[[QueryOutcome], None]
+VerticalSink = Callable[[VerticalResult | ScoreResult], None]
+#: A job the coordinator runs: horizontal training, vertical training or joint scoring.
+AnyJob = JobSpec | VerticalSpec | ScoreSpec
+
+
+def load_job(path: Path) -> AnyJob:
+    """Read a job spec file of any job type (its ``[job] type`` says which)."""
+    text = _read_text(path, "job spec")
+    ref = job_of(text)
+    if ref is not None and ref.kind in VERTICAL_KINDS:
+        try:
+            return parse_vertical(text)
+        except SpecError as exc:
+            raise SpecError(f"{path}: {exc}") from None
+    return JobSpec.from_toml(text, str(path))
 
 
 def build_server_app(
-    spec: JobSpec | None = None,
+    spec: AnyJob | None = None,
     manifest: Manifest | None = None,
     *,
     query: str | None = None,
     coordinator: CoordinatorConfig | None = None,
     progress: ProgressFn | None = None,
+    on_epoch: EpochFn | None = None,
     on_result: ResultSink | None = None,
     on_answer: AnswerSink | None = None,
+    on_vertical: VerticalSink | None = None,
     audit: bool = True,
 ) -> ServerApp:
-    """A ServerApp that runs a training job or a query.
+    """A ServerApp that runs a job (training, vertical training or scoring) or a query.
 
-    A training job: ``spec`` or the run config's ``job-spec`` (path); a query: the text
-    ``query`` or the run config's ``query`` (path). The federation is ``manifest`` or the
-    run config's ``manifest`` (path), and the coordinator's identity and log folder are
+    A job: ``spec`` or the run config's ``job-spec`` (path); a query: the text ``query``
+    or the run config's ``query`` (path). The federation is ``manifest`` or the run
+    config's ``manifest`` (path), and the coordinator's identity and log folder are
     ``coordinator`` or the run config's ``coordinator-key-dir`` and ``audit-dir``. With
     ``results-dir``, the result is also written there (:func:`write_result`,
-    :func:`write_answer`); ``step-timeout`` bounds the wait for every node's reply to a
-    step (seconds). ``audit=False`` exists only to measure what logging costs (training).
+    :func:`write_answer`, :func:`write_vertical_result`); ``step-timeout`` bounds the
+    wait for every node's reply to a step (seconds). ``progress`` sees each training round,
+    ``on_epoch`` each vertical epoch. ``audit=False`` exists only to measure what logging
+    costs (horizontal training).
     """
     server_app = ServerApp()
 
@@ -295,19 +330,20 @@ def build_server_app(
                 Path(str(_run_config(config, "audit-dir"))),
             )
 
+        @contextmanager
+        def logged(parties: tuple[str, ...], job_id: str) -> Iterator[GridTransport]:
+            """A transport on the Grid for one job, every message on the coordinator's log."""
+            with where().open_log(federation) as log:
+                audited = CoordinatorAudit(log, federation, job_id)
+                yield GridTransport(grid, parties, audit=audited, step_timeout=timeout)
+
         results = Path(str(config["results-dir"])) if "results-dir" in config else None
         query_text = query
         if query_text is None and spec is None and "query" in config:
             query_text = _read_text(Path(str(config["query"])), "query")
         if query_text is not None:
             asked = QuerySpec.from_toml(query_text, "query")
-            with where().open_log(federation) as log:
-                transport = GridTransport(
-                    grid,
-                    asked.parties,
-                    audit=CoordinatorAudit(log, federation, asked.id),
-                    step_timeout=timeout,
-                )
+            with logged(asked.parties, asked.id) as transport:
                 try:
                     outcome = run_query(
                         query_text, transport, federation, load_identity(where().key_dir)
@@ -320,10 +356,17 @@ def build_server_app(
             if on_answer is not None:
                 on_answer(outcome)
             return
-        job = spec or JobSpec.load(Path(str(_run_config(config, "job-spec"))))
+        job = spec or load_job(Path(str(_run_config(config, "job-spec"))))
+        if isinstance(job, VerticalSpec | ScoreSpec):
+            with logged(job.members, job.id) as transport:
+                done = _run_vertical(job, transport, federation, on_epoch)
+            if results is not None:
+                write_vertical_result(done, results)
+            if on_vertical is not None:
+                on_vertical(done)
+            return
 
-        def run(log: CoordinatorAudit | None) -> HflResult:
-            transport = GridTransport(grid, job.parties, audit=log, step_timeout=timeout)
+        def run(transport: GridTransport) -> HflResult:
             try:
                 return run_hfl(job, transport, federation, progress=progress)
             except JobFailedError:
@@ -331,16 +374,32 @@ def build_server_app(
                 raise
 
         if not audit:
-            result = run(None)
+            result = run(GridTransport(grid, job.parties, audit=None, step_timeout=timeout))
         else:
-            with where().open_log(federation) as log:
-                result = run(CoordinatorAudit(log, federation, job.id))
+            with logged(job.parties, job.id) as transport:
+                result = run(transport)
         if results is not None:
             write_result(result, results)
         if on_result is not None:
             on_result(result)
 
     return server_app
+
+
+def _run_vertical(
+    job: VerticalSpec | ScoreSpec,
+    transport: GridTransport,
+    federation: Manifest,
+    on_epoch: EpochFn | None,
+) -> VerticalResult | ScoreResult:
+    """A vertical job over the Grid; a failure aborts it at the parties still answering."""
+
+    def abort(reason: str) -> None:
+        transport.abort(job.text, VStep.ABORT)
+
+    if isinstance(job, VerticalSpec):
+        return run_vertical(job, transport, federation, progress=on_epoch, abort=abort)
+    return run_vertical_score(job, transport, federation, abort=abort)
 
 
 #: The result file a deployed job writes into its ``results-dir``.
@@ -366,6 +425,16 @@ def write_result(result: HflResult, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RESULT_FILE
     write_text_atomic(path, json.dumps(payload, indent=2), mode=0o600)
+    return path
+
+
+def write_vertical_result(result: VerticalResult | ScoreResult, folder: Path) -> Path:
+    """Write what the coordinator learned from a vertical job (training: the intersection
+    size, per-epoch losses, hops and bytes, the released metrics; scoring: two counts) to
+    ``folder/result.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RESULT_FILE
+    write_text_atomic(path, json.dumps(dataclasses.asdict(result), indent=2), mode=0o600)
     return path
 
 

@@ -21,9 +21,11 @@ from fedprop.crypto.identity import Manifest
 from fedprop.errors import JobFailedError
 from fedprop.protocols.analytics import QueryOutcome, QuerySpec
 from fedprop.protocols.hfl import HflResult, ProgressFn
+from fedprop.protocols.vertical import ProgressFn as EpochFn
+from fedprop.protocols.vertical import ScoreResult, ScoreSpec, VerticalResult, VerticalSpec
 from fedprop.spec import JobSpec
 
-__all__ = ["SIMULATION_CPUS_PER_NODE", "simulate", "simulate_query"]
+__all__ = ["SIMULATION_CPUS_PER_NODE", "simulate", "simulate_query", "simulate_vertical"]
 
 #: CPU share of each virtual node; 1 lets two parties train at once on two cores.
 SIMULATION_CPUS_PER_NODE = 1
@@ -120,3 +122,26 @@ def simulate_query(
     if not outcomes:
         raise JobFailedError(f"query '{query.id}' ended without an answer")
     return outcomes[0]
+
+
+def simulate_vertical(
+    spec: VerticalSpec | ScoreSpec,
+    nodes: Mapping[str, NodeConfig],
+    manifest: Manifest,
+    coordinator: CoordinatorConfig,
+    *,
+    on_epoch: EpochFn | None = None,
+    quiet: bool = True,
+) -> VerticalResult | ScoreResult:
+    """Run a vertical job (training or joint scoring) with one virtual node per party (the
+    guest, then the hosts); return what the coordinator holds. Every party logs what it
+    sends and receives."""
+    locator = _locator(spec.members, nodes)
+    results: list[VerticalResult | ScoreResult] = []
+    server_app = build_server_app(
+        spec, manifest, coordinator=coordinator, on_epoch=on_epoch, on_vertical=results.append
+    )
+    _run(server_app, build_client_app(locator), len(spec.members), quiet)
+    if not results:
+        raise JobFailedError(f"job '{spec.id}' ended without a result")
+    return results[0]

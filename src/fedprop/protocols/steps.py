@@ -17,23 +17,30 @@ from fedprop.protocols.analytics import QUERY_REPLIES, QUERY_REQUESTS, QueryStep
 from fedprop.protocols.hfl import REPLIES as HFL_REPLIES
 from fedprop.protocols.hfl import REQUESTS as HFL_REQUESTS
 from fedprop.protocols.hfl import Step
+from fedprop.protocols.vertical import REPLIES as VERTICAL_REPLIES
+from fedprop.protocols.vertical import REQUESTS as VERTICAL_REQUESTS
+from fedprop.protocols.vertical import VerticalJobType, VStep
 
-__all__ = ["REPLIES", "REQUESTS", "JobRef", "job_of", "step_of"]
+__all__ = ["REPLIES", "REQUESTS", "VERTICAL_KINDS", "JobRef", "job_of", "step_of"]
 
 #: The request dataclass of every message type, and the reply it expects.
 REQUESTS: Mapping[str, type] = {
     **{s.value: t for s, t in HFL_REQUESTS.items()},
     **{s.value: t for s, t in QUERY_REQUESTS.items()},
+    **{s.value: t for s, t in VERTICAL_REQUESTS.items()},
 }
 REPLIES: Mapping[str, type] = {
     **{s.value: t for s, t in HFL_REPLIES.items()},
     **{s.value: t for s, t in QUERY_REPLIES.items()},
+    **{s.value: t for s, t in VERTICAL_REPLIES.items()},
 }
+#: The ``[job] type`` of the vertical jobs (:mod:`fedprop.protocols.vertical`).
+VERTICAL_KINDS = frozenset(k.value for k in VerticalJobType)
 
 
 def step_of(message_type: str) -> StrEnum:
     """The protocol step a Flower message type carries; ``ValueError`` if none."""
-    for kind in (Step, QueryStep):
+    for kind in (Step, QueryStep, VStep):
         try:
             return kind(message_type)
         except ValueError:
@@ -43,7 +50,7 @@ def step_of(message_type: str) -> StrEnum:
 
 @dataclass(frozen=True)
 class JobRef:
-    """Which job (``hfl-train`` spec) or query a request's text is, without checking it."""
+    """Which job (its ``[job] type``) or query a request's text is, without checking it."""
 
     kind: str
     id: str

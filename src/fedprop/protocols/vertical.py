@@ -21,14 +21,14 @@ coordinator runs in one process (the ServerApp) and keeps memory.
 Steps of ``vfl-train`` (each a Flower message type; "hop" = one request-reply exchange
 between the coordinator and the parties it addresses):
 
-1. ``train.vfl-hello`` (every party): check the job against the node's settings, pin the
+1. ``train.vfl_hello`` (every party): check the job against the node's settings, pin the
    arbiter's public key, start a channel handshake with each peer (signed ephemeral
    X25519, :mod:`fedprop.crypto.channel`); reply the offers.
-2. ``train.vfl-psi`` (every party): complete the channels; the guest sends each host its
+2. ``train.vfl_psi`` (every party): complete the channels; the guest sends each host its
    blinded ids, each host sends the guest its own (ECDH PSI, :mod:`fedprop.protocols.psi`),
    sealed in the channel.
-3. ``train.vfl-psi-match`` (hosts): double-blind the guest's list.
-4. ``train.vfl-psi-align`` (guest): match, fix the shared random order, send each host its
+3. ``train.vfl_psi_match`` (hosts): double-blind the guest's list.
+4. ``train.vfl_psi_align`` (guest): match, fix the shared random order, send each host its
    alignment; the coordinator learns the intersection size (and, from the sizes of the
    sealed messages, each party's number of ids), no id and no blinded value. Every
    party then splits the aligned rows into training rows and held-out rows with a seeded
@@ -37,10 +37,10 @@ between the coordinator and the parties it addresses):
    training rows (each party holds every row of its columns, so local statistics are the
    statistics of the training set), one-hot encoding its categorical columns.
 5. Hardy hetero logistic regression (:mod:`fedprop.protocols.vfl`), per mini-batch three
-   hops: ``train.vfl-forward`` (hosts: apply the previous batch's opened gradient, send
-   the encrypted partial scores of this batch), ``train.vfl-residual`` (guest: apply its
+   hops: ``train.vfl_forward`` (hosts: apply the previous batch's opened gradient, send
+   the encrypted partial scores of this batch), ``train.vfl_residual`` (guest: apply its
    opened gradient, send the encrypted residuals to the hosts and its masked gradient to
-   the arbiter), ``train.vfl-gradient`` (hosts: masked gradient to the arbiter). The
+   the arbiter), ``train.vfl_gradient`` (hosts: masked gradient to the arbiter). The
    arbiter opens masked gradients between hops, at the coordinator. That is the minimum
    for this protocol: a batch's partial scores depend on the previous batch's update,
    which needs the arbiter's opening. Everything else rides along: the alignment with the
@@ -50,18 +50,18 @@ between the coordinator and the parties it addresses):
    first hops were computed ahead and are dropped. Fewer, larger batches mean fewer hops:
    default credit's 22,262 training rows in batches of 2,000 are 11 batches, 33 hops an
    epoch (``bench/bench_vertical.py``).
-6. ``train.vfl-finish`` (hosts): keep the model part, send the guest the partial scores
-   of the held-out rows; ``evaluate.vfl-metrics`` (guest): keep its part, compute AUC,
+6. ``train.vfl_finish`` (hosts): keep the model part, send the guest the partial scores
+   of the held-out rows; ``evaluate.vfl_metrics`` (guest): keep its part, compute AUC,
    KS and lift of the held-out rows, and release only those numbers.
 
 Guest-host payloads ride the channel: the coordinator relays ciphertexts it cannot read
-(it sees sizes and timing). ``query.vfl-abort`` tells every node to drop the job's state.
+(it sees sizes and timing). ``query.vfl_abort`` tells every node to drop the job's state.
 
 After the job each party keeps its own part of the model in its model folder
 (``<model folder>/<job id>/model.json``: its columns, its encoder, its weights; the
 guest's adds the intercept), for a later scoring job.
 
-``vfl-score`` (steps ``query.vfl-score-*``): the same handshake and PSI over the guest's
+``vfl-score`` (steps ``query.vfl_score_*``): the same handshake and PSI over the guest's
 current customers (run again rather than reusing the training alignment: customers come
 and go between training and a campaign, the training job keeps no id list after it ends,
 and each party checks the job's minimum intersection on today's data), then hosts send the
@@ -138,6 +138,7 @@ from fedprop.errors import FedpropError, JobFailedError, SpecError
 from fedprop.files import write_text_atomic
 from fedprop.framing import FramingError, join_frames, split_frames
 from fedprop.models.metrics import ScoreHistogram, global_metrics
+from fedprop.privacy.policy import JobKind, JobRequest
 from fedprop.protocols.messages import AbortReply, AbortRequest
 from fedprop.protocols.psi import (
     Alignment,
@@ -166,6 +167,9 @@ from fedprop.protocols.vfl import (
     batch_plan,
 )
 from fedprop.spec import Aggregation
+from fedprop.tables import check_keys as _keys
+from fedprop.tables import get as _get
+from fedprop.tables import table as _table
 
 __all__ = [
     "COORDINATOR",
@@ -192,6 +196,7 @@ __all__ = [
     "VStep",
     "VerticalCoordinator",
     "VerticalError",
+    "VerticalJobType",
     "VerticalNode",
     "VerticalResult",
     "VerticalSettings",
@@ -199,6 +204,7 @@ __all__ = [
     "VerticalStateError",
     "pack_envelopes",
     "parse_vertical",
+    "policy_request",
     "run_vertical",
     "run_vertical_score",
     "split_positions",
@@ -242,34 +248,6 @@ class VerticalJobType(StrEnum):
     SCORE = "vfl-score"
 
 
-def _table(doc: Mapping[str, Any], name: str, required: bool = True) -> Mapping[str, Any]:
-    value = doc.get(name)
-    if value is None:
-        if required:
-            raise SpecError(f"missing table [{name}]")
-        return {}
-    if not isinstance(value, Mapping):
-        raise SpecError(f"[{name}] must be a table")
-    return value
-
-
-def _keys(table: Mapping[str, Any], name: str, allowed: Iterable[str]) -> None:
-    unknown = sorted(set(table) - set(allowed))
-    if unknown:
-        raise SpecError(f"[{name}]: unknown key(s) {', '.join(unknown)}")
-
-
-def _get(table: Mapping[str, Any], name: str, key: str, kind: type[T], default: T | None) -> T:
-    value = table.get(key, default)
-    if value is None:
-        raise SpecError(f"[{name}]: missing key '{key}'")
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise SpecError(f"[{name}] {key}: expected {kind.__name__}, got {value!r}")
-    return value
-
-
 def _name(value: str, what: str) -> str:
     if not _NAME.fullmatch(value):
         raise SpecError(
@@ -289,6 +267,8 @@ class PartySpec:
     raw_columns: tuple[Mapping[str, Any], ...] = field(repr=False)
     label: str | None = None
     label_values: tuple[str, str] | None = None
+    #: The party's dataset, by the name its privacy policy lists it under.
+    dataset: str = ""
 
     @property
     def schema(self) -> Schema:
@@ -306,9 +286,10 @@ class PartySpec:
     def parse(cls, name: str, table: Mapping[str, Any], guest: bool) -> PartySpec:
         """The ``[parties.<name>]`` table; :class:`SpecError` naming the key."""
         where = f"parties.{name}"
-        allowed = {"id-column", "columns", *(("label", "label-values") if guest else ())}
+        allowed = {"id-column", "dataset", "columns", *(("label", "label-values") if guest else ())}
         _keys(table, where, allowed)
         id_column = _get(table, where, "id-column", str, None)
+        dataset_name = _get(table, where, "dataset", str, "")
         raw = table.get("columns")
         if not isinstance(raw, list) or not raw or not all(isinstance(c, Mapping) for c in raw):
             raise SpecError(f"[{where}] columns: expected [[{where}.columns]] tables")
@@ -332,7 +313,8 @@ class PartySpec:
             schema = Schema.from_dict(dataset)
         except SpecError as exc:
             raise SpecError(str(exc).replace("[dataset]", f"[{where}]", 1)) from None
-        return cls(name, id_column, schema.columns, tuple(dict(c) for c in raw), label, values)
+        raw_columns = tuple(dict(c) for c in raw)
+        return cls(name, id_column, schema.columns, raw_columns, label, values, dataset_name)
 
 
 _TRAIN_KEYS: Mapping[str, tuple[str, type]] = {
@@ -547,6 +529,47 @@ def parse_vertical(text: str) -> VerticalSpec | ScoreSpec:
     raise SpecError(f"[job] type: expected 'vfl-train' or 'vfl-score', got {kind!r}")
 
 
+def policy_request(
+    spec: VerticalSpec | ScoreSpec, party: str, manifest: Manifest, model_dir: Path | None
+) -> JobRequest:
+    """What a vertical job asks of ``party``'s node, for its policy
+    (:func:`~fedprop.privacy.policy.decide`): the party's own dataset and columns in the
+    role the job reads them (its features; the guest's label as the target). A scoring job
+    reads the columns of the party's kept model part (``model_dir``), trained under the same
+    policy. The id column serves alignment only (PSI), which the job type covers; no model
+    is released to the coordinator. :class:`VerticalError` if ``party`` is not in the job or
+    (scoring) holds no part of its model.
+    """
+    if party not in spec.members:
+        raise VerticalError(f"'{party}': not a party of job '{spec.id}'")
+    coordinator = manifest.coordinator.fingerprint() if manifest.coordinator else ""
+    if isinstance(spec, VerticalSpec):
+        own = spec.parties[party]
+        paillier = spec.aggregation is Aggregation.PAILLIER
+        job_type, aggregation = JobKind.VFL_TRAIN, spec.aggregation.value
+        key_bits = spec.key_bits if paillier else None
+        dataset, columns, label = own.dataset, own.columns, own.label
+    else:
+        if model_dir is None:
+            raise VerticalError(f"'{party}': keeps no model parts (no model folder)")
+        model = ModelPart.load(model_dir, spec.model, party)
+        job_type, aggregation, key_bits = JobKind.SCORE, None, None
+        dataset, columns, label = model.dataset, model.columns, None
+    return JobRequest(
+        federation=manifest.federation,
+        coordinator=coordinator,
+        job_type=job_type.value,
+        aggregation=aggregation,
+        dataset=dataset,
+        feature_columns=tuple(c.name for c in columns),
+        group_by_columns=(),
+        target_columns=() if label is None else (label,),
+        filter_columns=(),
+        key_bits=key_bits,
+        model_release=False,
+    )
+
+
 def split_positions(rows: int, fraction: float, seed: int) -> tuple[IntArray, IntArray]:
     """Positions (in the shared aligned order) of the training and the held-out rows.
 
@@ -701,24 +724,25 @@ class NodeJobState:
 
 
 class VStep(StrEnum):
-    """Steps of the vertical jobs; the values are the Flower message types that carry them."""
+    """Steps of the vertical jobs; the values are the Flower message types that carry them
+    (Flower takes only Python identifiers after the category)."""
 
-    HELLO = "train.vfl-hello"
-    PSI = "train.vfl-psi"
-    PSI_MATCH = "train.vfl-psi-match"
-    PSI_ALIGN = "train.vfl-psi-align"
-    FORWARD = "train.vfl-forward"
-    RESIDUAL = "train.vfl-residual"
-    GRADIENT = "train.vfl-gradient"
-    FINISH = "train.vfl-finish"
-    EVALUATE = "evaluate.vfl-metrics"
-    SCORE_HELLO = "query.vfl-score-hello"
-    SCORE_PSI = "query.vfl-score-psi"
-    SCORE_MATCH = "query.vfl-score-match"
-    SCORE_ALIGN = "query.vfl-score-align"
-    SCORE_HOSTS = "query.vfl-score-hosts"
-    SCORE_GUEST = "query.vfl-score-guest"
-    ABORT = "query.vfl-abort"
+    HELLO = "train.vfl_hello"
+    PSI = "train.vfl_psi"
+    PSI_MATCH = "train.vfl_psi_match"
+    PSI_ALIGN = "train.vfl_psi_align"
+    FORWARD = "train.vfl_forward"
+    RESIDUAL = "train.vfl_residual"
+    GRADIENT = "train.vfl_gradient"
+    FINISH = "train.vfl_finish"
+    EVALUATE = "evaluate.vfl_metrics"
+    SCORE_HELLO = "query.vfl_score_hello"
+    SCORE_PSI = "query.vfl_score_psi"
+    SCORE_MATCH = "query.vfl_score_match"
+    SCORE_ALIGN = "query.vfl_score_align"
+    SCORE_HOSTS = "query.vfl_score_hosts"
+    SCORE_GUEST = "query.vfl_score_guest"
+    ABORT = "query.vfl_abort"
 
 
 @dataclass(frozen=True)
@@ -879,6 +903,7 @@ class ModelPart:
     feature_clip: float
     feature_bits: int
     spec_digest: str
+    dataset: str = ""
 
     @property
     def columns(self) -> tuple[Column, ...]:
@@ -930,6 +955,7 @@ class ModelPart:
             "feature-clip": self.feature_clip,
             "feature-bits": self.feature_bits,
             "spec-sha256": self.spec_digest,
+            "dataset": self.dataset,
         }
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
@@ -956,6 +982,7 @@ class ModelPart:
                 feature_clip=float(doc["feature-clip"]),
                 feature_bits=int(doc["feature-bits"]),
                 spec_digest=doc["spec-sha256"],
+                dataset=str(doc["dataset"]),
             )
         except FileNotFoundError:
             raise VerticalError(f"'{party}' has no part of model '{job}'") from None
@@ -1463,6 +1490,7 @@ class VerticalNode:
             feature_clip=spec.train.feature_clip,
             feature_bits=spec.train.feature_bits,
             spec_digest=spec.digest,
+            dataset=party.dataset,
         )
 
     def finish(self, step: VStep, request: RelayRequest) -> RelayReply:
@@ -1955,11 +1983,13 @@ class VerticalCoordinator:
         )
 
 
-def _guarded(coordinator: VerticalCoordinator, run: Callable[[], T]) -> T:
+def _guarded(
+    coordinator: VerticalCoordinator, run: Callable[[], T], abort: Callable[[str], None] | None
+) -> T:
     try:
         return run()
     except FedpropError as exc:
-        coordinator.abort(str(exc))
+        (abort or coordinator.abort)(str(exc))
         if isinstance(exc, JobFailedError):
             raise
         raise JobFailedError(f"job '{coordinator.spec.id}': {exc}") from None
@@ -1971,17 +2001,26 @@ def run_vertical(
     manifest: Manifest,
     *,
     progress: ProgressFn | None = None,
+    abort: Callable[[str], None] | None = None,
 ) -> VerticalResult:
     """Run a whole ``vfl-train`` job over ``transport``; what the coordinator holds.
 
-    On any failure every party is told to drop the job's state, and
-    :class:`JobFailedError` names the step and the party.
+    On any failure every party is told to drop the job's state (by ``abort(reason)`` if
+    given, else by a ``query.vfl_abort`` to every party), and :class:`JobFailedError` names
+    the step and the party.
     """
     coordinator = VerticalCoordinator(spec, manifest, transport, progress=progress)
-    return _guarded(coordinator, coordinator.train)
+    return _guarded(coordinator, coordinator.train, abort)
 
 
-def run_vertical_score(spec: ScoreSpec, transport: Transport, manifest: Manifest) -> ScoreResult:
-    """Run a whole ``vfl-score`` job over ``transport``; the coordinator learns two counts."""
+def run_vertical_score(
+    spec: ScoreSpec,
+    transport: Transport,
+    manifest: Manifest,
+    *,
+    abort: Callable[[str], None] | None = None,
+) -> ScoreResult:
+    """Run a whole ``vfl-score`` job over ``transport``; the coordinator learns two counts
+    (failures as in :func:`run_vertical`)."""
     coordinator = VerticalCoordinator(spec, manifest, transport)
-    return _guarded(coordinator, coordinator.score)
+    return _guarded(coordinator, coordinator.score, abort)
