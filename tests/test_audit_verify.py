@@ -6,7 +6,7 @@ import base64
 import random
 import shutil
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,9 @@ from fedprop.audit.checkpoint import (
 from fedprop.audit.crosscheck import AuditResult, PartyLog, verify_federation
 from fedprop.audit.log import (
     AuditLog,
+    DetailValue,
     Entry,
+    EntryError,
     EventKind,
     budget_detail,
     checkpoints_path_for,
@@ -473,6 +475,71 @@ def _policy_log(fed: Federation, write: Callable[[AuditLog], None]) -> LogReport
     with fed.open("bank-a") as log:
         write(log)
     return fed.verify_one("bank-a")
+
+
+def _windowed_spend(
+    epsilon: float, spent_at: datetime, period_days: int = 30
+) -> dict[str, DetailValue]:
+    window = (spent_at - timedelta(days=period_days), spent_at)
+    return budget_detail("coordinator c0ffee", epsilon, 0.0, 1.0, 1e-5, window=window)
+
+
+def test_budget_spends_are_summed_over_the_window_each_was_checked_in(
+    tmp_path: Path, keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    march = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+    def two_windows(log: AuditLog) -> None:
+        # 0.6 in March and 0.6 in May: each 30-day window holds 0.6 of 1.0, though the
+        # log holds 1.2 in all (a long-lived node's budget renews).
+        log.append(EventKind.BUDGET_SPEND, job=JOB, detail=_windowed_spend(0.6, march))
+        may = march + timedelta(days=61)
+        log.append(EventKind.BUDGET_SPEND, job="job-2", detail=_windowed_spend(0.6, may))
+
+    (tmp_path / "clean").mkdir()
+    assert _policy_log(Federation(tmp_path / "clean", keys), two_windows).findings == ()
+
+    def one_window_over(log: AuditLog) -> None:
+        log.append(EventKind.ERROR, detail=error_detail("unrelated"))
+        log.append(EventKind.BUDGET_SPEND, job=JOB, detail=_windowed_spend(0.6, march))
+        later = march + timedelta(days=61)
+        log.append(EventKind.BUDGET_SPEND, job="job-2", detail=_windowed_spend(0.3, later))
+        # 10 days after that: 0.3 + 0.8 in one window.
+        over = later + timedelta(days=10)
+        log.append(EventKind.BUDGET_SPEND, job="job-3", detail=_windowed_spend(0.8, over))
+
+    (tmp_path / "over").mkdir()
+    report = _policy_log(Federation(tmp_path / "over", keys), one_window_over)
+    [finding] = report.findings
+    assert (finding.party, finding.seq, finding.rule) == ("bank-a", 3, Rule.BUDGET_EXCEEDED)
+    assert finding.severity is Severity.ERROR
+    assert "spent epsilon 1.1" in finding.message and "window after 2026-04-11" in finding.message
+
+
+def test_a_spend_dated_before_one_already_logged_counts_in_its_window(
+    tmp_path: Path, keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    may = datetime(2026, 5, 1, tzinfo=UTC)
+
+    def clock_went_back(log: AuditLog) -> None:
+        log.append(EventKind.BUDGET_SPEND, job=JOB, detail=_windowed_spend(0.6, may))
+        # The node's clock went back a day: the spend logged first still counts, as in
+        # the node's ledger (spends dated after a check count too).
+        back = may - timedelta(days=1)
+        log.append(EventKind.BUDGET_SPEND, job="job-2", detail=_windowed_spend(0.6, back))
+
+    report = _policy_log(Federation(tmp_path, keys), clock_went_back)
+    assert [(f.rule, f.seq) for f in report.findings] == [(Rule.BUDGET_EXCEEDED, 1)]
+
+
+def test_a_budget_window_is_all_there_or_refused(tmp_path: Path) -> None:
+    detail = dict(_windowed_spend(0.1, datetime(2026, 3, 1, tzinfo=UTC)))
+    del detail["window-start"]
+    with pytest.raises(EntryError, match="all of"):
+        Entry(0, datetime.now(UTC), "bank-a", JOB, None, EventKind.BUDGET_SPEND, "0" * 64, detail)
+    detail["window-start"] = "yesterday"
+    with pytest.raises(EntryError, match="'window-start'"):
+        Entry(0, datetime.now(UTC), "bank-a", JOB, None, EventKind.BUDGET_SPEND, "0" * 64, detail)
 
 
 def test_a_release_needs_an_acceptance_before_it(

@@ -297,3 +297,35 @@ def test_fedprop_node_budget_lists_each_spend_and_the_total(
     assert code == 0
     assert "2 spend(s)" in out and "rate-by-age" in out and "count-by-job" in out
     assert f"spent epsilon {ledger.totals()[0].spent.epsilon:.4g} of 3" in out
+
+
+def test_a_node_that_spends_its_budget_every_period_audits_clean(
+    tmp_path: Path, ledger: BudgetLedger
+) -> None:
+    """The node's log states the window each spend was checked in, so the auditor sums
+    windows as the ledger does: three periods, each spent in full, raise no finding (the
+    log as a whole holds three budgets' worth)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedprop.apps.audit import _noting
+    from fedprop.apps.client_app import _note_spend
+    from fedprop.audit import AuditLog, verify_log
+
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "bank-a.log"
+    with AuditLog.open(path, "bank-a", key, "fedprop/pilot/bank-a") as log:
+        for period in range(3):
+            for i in range(3):
+                spend = query_spend(f"q{period}-{i}")
+                at = START + timedelta(days=31 * period, minutes=i)
+                decision = ledger.check(spend, at=at)
+                decision.raise_if_refused()
+                assert (decision.window_start, decision.at) == (at - BUDGET.period, at)
+                ledger.record(spend, at=decision.at)
+                with _noting() as noted:
+                    _note_spend(decision)
+                for kind, detail in noted:
+                    log.append(kind, job=spend.query_id, detail=detail)
+        assert not ledger.check(query_spend("one-more"), at=at).allowed
+    report = verify_log(path, "bank-a", key.public_key(), "fedprop/pilot/bank-a")
+    assert report.ok and report.findings == ()

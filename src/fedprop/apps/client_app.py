@@ -213,7 +213,9 @@ def _node(spec_text: str, config: NodeConfig) -> HflNode:
 
 
 def _note_spend(decision: BudgetDecision) -> None:
-    """Have the node's log record a spend: the ledger's composed increment, and the limits."""
+    """Have the node's log record a spend: the ledger's composed increment, the limits, and
+    the window the ledger checked it in (its budget renews over a rolling period, so an
+    auditor sums the spends of that window, not of the whole log)."""
     note_event(
         EventKind.BUDGET_SPEND,
         budget_detail(
@@ -222,6 +224,7 @@ def _note_spend(decision: BudgetDecision) -> None:
             max(decision.after.delta - decision.before.delta, 0.0),
             decision.limit_epsilon,
             decision.limit_delta,
+            window=(decision.window_start, decision.at),
         ),
     )
 
@@ -281,7 +284,7 @@ def _spend_on_training(config: NodeConfig, node: HflNode, round_: int) -> None:
         return
     decision = ledger.check(spend)
     decision.raise_if_refused()
-    ledger.record(spend)  # durable before the first update leaves
+    ledger.record(spend, at=decision.at)  # durable before the first update leaves
     _note_spend(decision)
 
 

@@ -18,12 +18,14 @@ Entries
 
 Event kinds and their detail
     :class:`EventKind` is the closed list of events. :data:`REQUIRED_DETAIL` says which
-    :class:`DetailKey` each kind's ``detail`` must carry, and :data:`JOB_KINDS` which kinds
-    must name a job; an entry without them is refused when written and reported when
-    audited. Build details with the helpers (:func:`decision_detail`,
-    :func:`key_ceremony_detail`, :func:`message_detail`, :func:`release_detail`,
-    :func:`budget_detail`, :func:`error_detail`) rather than by hand. ``checkpoint-
-    witnessed`` entries are written by :meth:`AuditLog.witness` only.
+    :class:`DetailKey` each kind's ``detail`` must carry, :data:`OPTIONAL_DETAIL` which
+    group it may carry (all of it or none: a budget spend's window), and :data:`JOB_KINDS`
+    which kinds must name a job; an entry without them, or with malformed values, is
+    refused when written and reported when audited. Build details with the helpers
+    (:func:`decision_detail`, :func:`key_ceremony_detail`, :func:`message_detail`,
+    :func:`release_detail`, :func:`budget_detail`, :func:`error_detail`) rather than by
+    hand. ``checkpoint-witnessed`` entries are written by :meth:`AuditLog.record_witness`
+    (and :meth:`AuditLog.witness`) only.
 
 ``<log>.checkpoints``
     Every checkpoint the party signed, in order: each record is a signed note
@@ -140,6 +142,7 @@ __all__ = [
     "MAX_DETAIL_KEYS",
     "MAX_DETAIL_STRING",
     "MAX_LABEL",
+    "OPTIONAL_DETAIL",
     "REQUIRED_DETAIL",
     "AuditLog",
     "AuditLogError",
@@ -155,8 +158,10 @@ __all__ = [
     "checkpoints_path_for",
     "decision_detail",
     "error_detail",
+    "format_time",
     "key_ceremony_detail",
     "message_detail",
+    "parse_time",
     "read_checkpoints",
     "release_detail",
     "witnessed_note",
@@ -234,6 +239,12 @@ class DetailKey(StrEnum):
     LIMIT_EPSILON = "limit-epsilon"
     #: The policy's total delta for the budget.
     LIMIT_DELTA = "limit-delta"
+    #: When a spend was made (UTC, the entry time format): the end of the window it was
+    #: checked in. Spends are checked over a rolling window (see :data:`WINDOW_START`).
+    SPENT_AT = "spent-at"
+    #: The start of the window a spend was checked in (UTC, exclusive): the spends of its
+    #: budget made after this time, itself included, must stay within the limits.
+    WINDOW_START = "window-start"
     #: A short human-readable explanation (errors).
     MESSAGE = "message"
     #: Origin line of a witnessed checkpoint.
@@ -264,6 +275,10 @@ def _is_amount(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
+def _is_time(value: object) -> bool:
+    return isinstance(value, str) and _TIME.fullmatch(value) is not None
+
+
 def _is_base64(size: int) -> Callable[[object], bool]:
     def check(value: object) -> bool:
         if not isinstance(value, str):
@@ -290,6 +305,8 @@ _VALUE_CHECKS: Mapping[DetailKey, tuple[Callable[[object], bool], str]] = {
     DetailKey.DELTA: (_is_amount, "a non-negative number"),
     DetailKey.LIMIT_EPSILON: (_is_amount, "a non-negative number"),
     DetailKey.LIMIT_DELTA: (_is_amount, "a non-negative number"),
+    DetailKey.SPENT_AT: (_is_time, "a UTC time 'YYYY-MM-DDTHH:MM:SS.ffffffZ'"),
+    DetailKey.WINDOW_START: (_is_time, "a UTC time 'YYYY-MM-DDTHH:MM:SS.ffffffZ'"),
     DetailKey.ORIGIN: (_is_text, "a non-empty string"),
     DetailKey.SIZE: (_is_count, "a non-negative integer"),
     DetailKey.ROOT: (_is_base64(32), "the base64 of a 32-byte hash"),
@@ -324,6 +341,13 @@ REQUIRED_DETAIL: Final[Mapping[EventKind, tuple[DetailKey, ...]]] = MappingProxy
             DetailKey.SIGNATURE,
         ),
     }
+)
+
+#: Detail a kind may carry, all of these keys or none, each checked like required detail:
+#: the window a budget spend was checked in (logs written before windows were recorded
+#: have none; their spends are checked against the whole log).
+OPTIONAL_DETAIL: Final[Mapping[EventKind, tuple[DetailKey, ...]]] = MappingProxyType(
+    {EventKind.BUDGET_SPEND: (DetailKey.SPENT_AT, DetailKey.WINDOW_START)}
 )
 
 #: The event kinds whose entries must name a job.
@@ -405,16 +429,34 @@ def release_detail(what: str, rule: str) -> dict[str, DetailValue]:
 
 
 def budget_detail(
-    budget: str, epsilon: float, delta: float, limit_epsilon: float, limit_delta: float
+    budget: str,
+    epsilon: float,
+    delta: float,
+    limit_epsilon: float,
+    limit_delta: float,
+    *,
+    window: tuple[datetime, datetime] | None = None,
 ) -> dict[str, DetailValue]:
-    """Detail of ``budget-spend``: this spend and the policy's limits for ``budget``."""
-    return {
+    """Detail of ``budget-spend``: this spend and the policy's limits for ``budget``.
+
+    ``window`` is ``(window_start, spent_at)``: the spend was made at ``spent_at`` and
+    checked against the spends of ``budget`` made after ``window_start`` (a budget that
+    renews over a rolling period). The auditor sums each spend's window, not the log.
+    """
+    detail: dict[str, DetailValue] = {
         DetailKey.BUDGET: budget,
         DetailKey.EPSILON: epsilon,
         DetailKey.DELTA: delta,
         DetailKey.LIMIT_EPSILON: limit_epsilon,
         DetailKey.LIMIT_DELTA: limit_delta,
     }
+    if window is not None:
+        start, spent_at = window
+        if start > spent_at:
+            raise ValueError("a budget window starts before the spend that ends it")
+        detail[DetailKey.WINDOW_START] = format_time(start)
+        detail[DetailKey.SPENT_AT] = format_time(spent_at)
+    return detail
 
 
 def error_detail(rule: str, message: str = "") -> dict[str, DetailValue]:
@@ -521,6 +563,10 @@ _REQUIRED_CHECKS = {
     kind: tuple((key.value, *_VALUE_CHECKS[key]) for key in keys)
     for kind, keys in REQUIRED_DETAIL.items()
 }
+_OPTIONAL_CHECKS = {
+    kind: tuple((key.value, *_VALUE_CHECKS[key]) for key in keys)
+    for kind, keys in OPTIONAL_DETAIL.items()
+}
 
 
 def _check_required(kind: EventKind, job: str | None, detail: Mapping[str, DetailValue]) -> None:
@@ -533,10 +579,30 @@ def _check_required(kind: EventKind, job: str | None, detail: Mapping[str, Detai
             raise EntryError(
                 EntryProblem.INCOMPLETE, f"detail {key!r} of a {kind} entry must be {expected}"
             )
+    optional = _OPTIONAL_CHECKS.get(kind, ())
+    present = [key for key, _, _ in optional if key in detail]
+    if present and len(present) != len(optional):
+        names = ", ".join(repr(key) for key, _, _ in optional)
+        raise EntryError(
+            EntryProblem.INCOMPLETE, f"a {kind} entry carries all of {names} or none of them"
+        )
+    for key, check, expected in optional if present else ():
+        if not check(detail[key]):
+            raise EntryError(
+                EntryProblem.INCOMPLETE, f"detail {key!r} of a {kind} entry must be {expected}"
+            )
 
 
-def _format_time(value: datetime) -> str:
-    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+def format_time(value: datetime) -> str:
+    """A timezone-aware time as a log writes it: UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    if value.tzinfo is None:
+        raise ValueError("a logged time must be timezone-aware")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def parse_time(value: object) -> datetime:
+    """Read a time :func:`format_time` wrote; :class:`EntryError` if it is not one."""
+    return _parse_time(value)
 
 
 def _parse_time(value: object) -> datetime:
@@ -602,7 +668,7 @@ class Entry:
         return _canonical_json(
             {
                 "seq": self.seq,
-                "time": _format_time(self.time),
+                "time": format_time(self.time),
                 "party": self.party,
                 "job": self.job,
                 "step": self.step,

@@ -20,8 +20,12 @@ concerned (by seq):
   is exactly when the RFC 9162 consistency proof between them, computed from the log,
   verifies;
 * policy: every ``release`` comes after a ``job-accepted`` entry for its job at this
-  party (and no ``job-refused`` in between); the ``budget-spend`` entries of each budget
-  never add up to more than its limit, and the limit never changes;
+  party (and no ``job-refused`` in between); the limit of each budget never changes, and
+  its ``budget-spend`` entries never add up to more than the limit over the window each
+  spend was checked in: a node's budget renews over a rolling period, so a spend that
+  states its window (``window-start``, ``spent-at``) counts with the spends of its
+  budget made after that window's start, one that does not (older logs) with every
+  spend of its budget in the log;
 * a torn last line (a crash mid-write) is a warning: the log verifies up to the last
   complete entry, and the finding says which; entries after the last matching checkpoint
   are a warning too (nothing signs them).
@@ -38,9 +42,11 @@ The checks across parties (messages, witnessed checkpoints) are in
 from __future__ import annotations
 
 import bisect
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -56,6 +62,8 @@ from fedprop.audit.log import (
     EntryProblem,
     EventKind,
     checkpoints_path_for,
+    format_time,
+    parse_time,
     read_checkpoints,
 )
 from fedprop.audit.merkle import MerkleTree, leaf_hash
@@ -288,11 +296,25 @@ class _Findings:
 
 @dataclass
 class _Budget:
+    """The spends of one budget so far, sorted by when they were made."""
+
     limit_epsilon: float
     limit_delta: float
     first_seq: int
-    epsilon: float = 0.0
-    delta: float = 0.0
+    times: list[datetime] = field(default_factory=list)
+    epsilons: list[float] = field(default_factory=list)
+    deltas: list[float] = field(default_factory=list)
+
+    def add(self, at: datetime, epsilon: float, delta: float) -> None:
+        i = bisect.bisect_right(self.times, at)
+        self.times.insert(i, at)
+        self.epsilons.insert(i, epsilon)
+        self.deltas.insert(i, delta)
+
+    def since(self, start: datetime | None) -> tuple[float, float]:
+        """Epsilon and delta of the spends made after ``start`` (``None``: every spend)."""
+        i = 0 if start is None else bisect.bisect_right(self.times, start)
+        return math.fsum(self.epsilons[i:]), math.fsum(self.deltas[i:])
 
 
 @dataclass
@@ -325,9 +347,17 @@ class _Policy:
                     seq=seq,
                 )
         elif kind is EventKind.BUDGET_SPEND:
-            self._spend(detail, seq)
+            self._spend(entry, seq)
 
-    def _spend(self, detail: Mapping[str, object], seq: int) -> None:
+    def _spend(self, entry: Entry, seq: int) -> None:
+        """Add a spend to its budget; check the window it was made in against the limits.
+
+        A spend that states its window (``window-start``, ``spent-at``) is checked like the
+        node's ledger checked it: with every spend of its budget logged so far that was
+        made after the window's start (spends dated after its own time included, as when
+        a clock went back). One without (older logs) is checked against every spend of
+        its budget in the log."""
+        detail = entry.detail
         name = str(detail[DetailKey.BUDGET])
         limits = (_number(detail[DetailKey.LIMIT_EPSILON]), _number(detail[DetailKey.LIMIT_DELTA]))
         budget = self.budgets.get(name)
@@ -340,16 +370,25 @@ class _Policy:
                 f"{(budget.limit_epsilon, budget.limit_delta)} set at seq {budget.first_seq}",
                 seq=seq,
             )
-        budget.epsilon += _number(detail[DetailKey.EPSILON])
-        budget.delta += _number(detail[DetailKey.DELTA])
-        if budget.epsilon > budget.limit_epsilon * (
+        windowed = DetailKey.WINDOW_START in detail
+        at = parse_time(detail[DetailKey.SPENT_AT]) if windowed else entry.time
+        start = parse_time(detail[DetailKey.WINDOW_START]) if windowed else None
+        budget.add(at, _number(detail[DetailKey.EPSILON]), _number(detail[DetailKey.DELTA]))
+        epsilon, delta = budget.since(start)
+        if epsilon > budget.limit_epsilon * (1 + _BUDGET_SLACK) or delta > budget.limit_delta * (
             1 + _BUDGET_SLACK
-        ) or budget.delta > budget.limit_delta * (1 + _BUDGET_SLACK):
+        ):
+            where = (
+                "after this entry"
+                if start is None
+                else f"in the window after {format_time(start)} (this spend made at "
+                f"{format_time(at)})"
+            )
             self.out.add(
                 Rule.BUDGET_EXCEEDED,
-                f"budget {name!r}: spent epsilon {budget.epsilon:.6g}, delta "
-                f"{budget.delta:.6g} after this entry; the limit is epsilon "
-                f"{budget.limit_epsilon:.6g}, delta {budget.limit_delta:.6g}",
+                f"budget {name!r}: spent epsilon {epsilon:.6g}, delta {delta:.6g} {where}; "
+                f"the limit is epsilon {budget.limit_epsilon:.6g}, delta "
+                f"{budget.limit_delta:.6g}",
                 seq=seq,
             )
 

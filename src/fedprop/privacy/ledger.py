@@ -499,6 +499,10 @@ class BudgetDecision:
     limit_delta: float
     #: Spends made after this time count against the coordinator.
     window_start: datetime
+    #: The time of the check, the end of its window (``window_start`` plus the period).
+    #: Record the spend with it (``record(spend, at=decision.at)``) so that the ledger,
+    #: the decision and the node's log all state the same window.
+    at: datetime
 
     def raise_if_refused(self) -> None:
         """Raise :class:`BudgetExceededError` if this decision refuses."""
@@ -778,6 +782,7 @@ class BudgetLedger:
                 b.epsilon,
                 b.delta,
                 when - b.period,
+                when,
             )
 
         if any(

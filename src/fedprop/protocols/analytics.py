@@ -1349,7 +1349,10 @@ class QueryNode:
             self.settings.identity, query.contribution_id, VectorKind.HISTOGRAM, 0, payload
         )
         clock.lap("sign")
-        self.settings.ledger.record(spend)  # durable before the contribution leaves
+        # Durable before the contribution leaves; made at the time it was checked, so the
+        # spend's window is the one its decision (and the node's log) states.
+        checked = self.last_spend.at if self.last_spend is not None else None
+        self.settings.ledger.record(spend, at=checked)
         clock.lap("record")
         self.timings = clock.laps
         return contribution
