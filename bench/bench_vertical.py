@@ -1,4 +1,5 @@
-"""The whole vertical job (``vfl-train``, then ``vfl-score``) in process, on default credit.
+"""The whole vertical job (``vfl-train``, then ``vfl-score``) in process, on default credit
+(or, with ``--layout bank-marketing``, on bank-full split by columns).
 
 FATE's vertical default-credit split written with ``prepare_vertical("default-credit")``
 (the bank keeps all 30,000 customers with the label and 13 columns; the partner loses a
@@ -72,7 +73,18 @@ COMMAND = (
     "FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 .venv/bin/python "
     "bench/bench_vertical.py --source ../shared/data --output bench/results/vertical.md"
 )
-SPEC = Path(__file__).resolve().parents[1] / "configs" / "default-credit-vfl.toml"
+COMMAND_BANK = (
+    "FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 .venv/bin/python "
+    "bench/bench_vertical.py --source ../shared/data --layout bank-marketing "
+    "--output bench/results/vertical_bank.md"
+)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: The shipped spec of each example federation (``--layout``), and how its data is described.
+LAYOUTS = {
+    "default-credit": "FATE's vertical default-credit split",
+    "bank-marketing": "UCI bank-full split by columns (bank: 8 columns and the label; "
+    "partner: 7 campaign columns; customer id = row)",
+}
 GUEST, HOST = "bank", "partner"
 
 
@@ -80,10 +92,13 @@ class Bench:
     """The two parties' folders and identities, a timed transport that keeps copies of
     the aligned matrices (for the scikit-learn comparison only)."""
 
-    def __init__(self, root: Path, source: Path, executor: Executor | None, workers: int) -> None:
+    def __init__(
+        self, root: Path, source: Path, executor: Executor | None, workers: int, layout: str
+    ) -> None:
         self.root = root
+        self.layout = layout
         started = time.perf_counter()
-        self.summaries = prepare_vertical("default-credit", source, root / "data", seed=1)
+        self.summaries = prepare_vertical(layout, source, root / "data", seed=1)
         self.prepare_seconds = time.perf_counter() - started
         self.identities: dict[str, NodeIdentity] = {p: generate_identity(p) for p in (GUEST, HOST)}
         self.manifest = Manifest("bench", tuple(i.public for i in self.identities.values()))
@@ -134,10 +149,10 @@ class Bench:
         return self.arrays[(job, f"{party}/{name}")]
 
 
-def spec_text(job: str, mode: str, epochs: int) -> str:
-    text = SPEC.read_text(encoding="utf-8")
+def spec_text(layout: str, job: str, mode: str, epochs: int) -> str:
+    text = (CONFIGS / f"{layout}-vfl.toml").read_text(encoding="utf-8")
     replacements = {
-        'id = "default-credit-vfl"': f'id = "{job}"',
+        f'id = "{layout}-vfl"': f'id = "{job}"',
         'aggregation = "paillier"': f'aggregation = "{mode}"',
         "max-epochs = 5": f"max-epochs = {epochs}",
         "tolerance = 0.0001": "tolerance = 0.0",
@@ -168,7 +183,7 @@ def baselines(bench: Bench, job: str) -> dict[str, float]:
 
 def train(bench: Bench, job: str, mode: str, epochs: int) -> tuple[VerticalResult, dict[str, Any]]:
     bench.node_seconds.clear()
-    spec = VerticalSpec.from_toml(spec_text(job, mode, epochs))
+    spec = VerticalSpec.from_toml(spec_text(bench.layout, job, mode, epochs))
     result = run_vertical(
         spec,
         bench.transport(job),
@@ -236,7 +251,7 @@ def report(r: dict[str, Any]) -> str:
     per_epoch = float(np.median([e["seconds"] for e in p["epochs"]]))
     plain_epoch = float(np.median([e["seconds"] for e in s["epochs"]]))
     lines = [
-        "# Vertical job end to end (vfl-train, vfl-score), default credit, in process",
+        f"# Vertical job end to end (vfl-train, vfl-score), {r['layout']}, in process",
         "",
         f"Measured {r['date']} with:",
         "",
@@ -248,10 +263,9 @@ def report(r: dict[str, Any]) -> str:
         f"Python {m['python']}. Load average (1 min) {r['load_before']:.2f} before, "
         f"{r['load_after']:.2f} after: the machine is shared.",
         "",
-        f"Data: FATE's vertical default-credit split via `prepare_vertical` (seed 1): bank "
-        f"{r['rows'][GUEST]:,} customers (label, 13 columns), partner {r['rows'][HOST]:,} "
-        f"(10 columns); each party's rows in its own order. Job: "
-        f"`configs/default-credit-vfl.toml`, "
+        f"Data: {LAYOUTS[r['layout']]} via `prepare_vertical` (seed 1): bank "
+        f"{r['rows'][GUEST]:,} customers, partner {r['rows'][HOST]:,}; each party's rows "
+        f"in its own order. Job: `configs/{r['layout']}-vfl.toml`, "
         f"{r['epochs']} epochs, no early stop, 2048-bit Paillier; {r['workers']} worker processes "
         "shared by both parties. Every message runs on a node rebuilt from its folders.",
         "",
@@ -330,6 +344,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--source", type=Path, default=Path("../shared/data"))
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--layout", choices=list(LAYOUTS), default="default-credit")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--output", type=Path, help="write Markdown here and JSON beside it")
     args = parser.parse_args()
@@ -347,7 +362,7 @@ def main() -> None:
         started = time.perf_counter()
         encrypt_batch(key.public, [1] * 4 * args.workers, executor, 2 * args.workers)  # start
         pool_seconds = time.perf_counter() - started
-        bench = Bench(Path(tmp), args.source, executor, args.workers)
+        bench = Bench(Path(tmp), args.source, executor, args.workers, args.layout)
         print("paillier", flush=True)
         _, paillier = train(bench, "credit-paillier", "paillier", args.epochs)
         print("plaintext", flush=True)
@@ -356,7 +371,8 @@ def main() -> None:
         scored = score(bench, "credit-paillier")
         results: dict[str, Any] = {
             "date": datetime.date.today().isoformat(),
-            "command": COMMAND,
+            "command": COMMAND if args.layout == "default-credit" else COMMAND_BANK,
+            "layout": args.layout,
             "machine": machine(),
             "epochs": args.epochs,
             "workers": args.workers,
