@@ -103,9 +103,10 @@ def test_vertical_demo_then_scoring_end_to_end(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "Released by the bank (held-out rows): AUC" in done.stdout
     assert "every party's logs verify" in done.stdout
-    trained = json.loads(
-        next((tmp_path / "run" / "results").glob("*-vfl-*[0-9]/result.json")).read_text()
-    )
+    results = sorted((tmp_path / "run" / "results").glob("*/result.json"))
+    [training] = [r for r in results if "-score-" not in r.parent.name]  # and the score job's
+    assert len(results) == 2
+    trained = json.loads(training.read_text())
     assert trained["intersection"] == 3_000 and len(trained["epochs"]) == 2
     assert 0.5 < trained["metrics"]["auc"] <= 1.0
     # The bank scores its customers again later, with the model the parties kept.

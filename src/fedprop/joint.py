@@ -137,13 +137,13 @@ def run_vertical_demo(
     text = spec_path.read_text(encoding="utf-8")
     spec = VerticalSpec.from_toml(_stamped(text, stamp), str(spec_path))
     layout = _layout(spec)
+    if set(LAYOUTS[layout]) != set(spec.members):
+        raise FedpropError(f"{spec_path}: parties must be {', '.join(LAYOUTS[layout])}")
     data_dir = root / "data"
     if not all((data_dir / p / VERTICAL_FILE).is_file() for p in spec.members):
         console.print(f"Preparing the {layout} parties from [bold]{source_dir}[/]")
         for s in prepare_vertical(layout, source_dir, data_dir, DATA_SEED):
             console.print(f"  {s.party}: {s.rows} customers, {len(s.columns)} columns")
-    if set(LAYOUTS[layout]) != set(spec.members):
-        raise FedpropError(f"{spec_path}: parties must be {', '.join(LAYOUTS[layout])}")
     federation = _federation(root, spec.members)
     nodes = _nodes(root, federation, spec)
     manifest = federation.manifest()
