@@ -20,7 +20,7 @@ from flwr.app import Message
 from fedprop.apps.audit import log_path, verify_logs
 from fedprop.apps.client_app import NodeConfig
 from fedprop.apps.records import from_record
-from fedprop.apps.server_app import GridTransport
+from fedprop.apps.server_app import CoordinatorConfig, GridTransport
 from fedprop.apps.simulation import simulate_vertical
 from fedprop.crypto.identity import Manifest
 from fedprop.data.vertical import VERTICAL_FILE
@@ -30,9 +30,8 @@ from fedprop.protocols.steps import REPLIES, REQUESTS
 from fedprop.protocols.vertical import (
     ModelPart,
     ScoreResult,
-    ScoreSpec,
     VerticalResult,
-    VerticalSpec,
+    parse_vertical,
 )
 from synthetic import GUEST, HOST, label_patterns, spec_text, write_parties
 
@@ -79,7 +78,12 @@ class Setup:
     root: Path
     nodes: dict[str, NodeConfig]
     manifest: Manifest
-    audit: Path
+    coordinator: CoordinatorConfig
+
+    @property
+    def audit(self) -> Path:
+        """The folder of every party's privacy log."""
+        return self.coordinator.audit_dir
 
     def entries(self, party: str) -> list[dict[str, Any]]:
         path = log_path(self.audit, party)
@@ -109,7 +113,7 @@ def make_setup(tmp_path: Path) -> Setup:
     nodes = federation.node_configs(
         {p: tmp_path / "data" / p for p in (GUEST, HOST)}, jobs_dir=tmp_path / "jobs"
     )
-    setup = Setup(tmp_path, nodes, federation.manifest(), federation.audit_dir)
+    setup = Setup(tmp_path, nodes, federation.manifest(), federation.coordinator())
     for party in (GUEST, HOST):
         setup.policy(party, types=["vfl-train", "score"], features=["h1", "h2", "h3", "tenure"])
     return setup
@@ -121,9 +125,7 @@ def setup(tmp_path: Path) -> Setup:
 
 
 def run(setup: Setup, text: str) -> VerticalResult | ScoreResult:
-    federation = local_federation(setup.root / "fed", "vertical-test", [GUEST, HOST])
-    spec = VerticalSpec.from_toml(text) if "vfl-train" in text else ScoreSpec.from_toml(text)
-    return simulate_vertical(spec, setup.nodes, setup.manifest, federation.coordinator())
+    return simulate_vertical(parse_vertical(text), setup.nodes, setup.manifest, setup.coordinator)
 
 
 @contextlib.contextmanager

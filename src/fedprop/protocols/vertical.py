@@ -362,8 +362,33 @@ def _job_head(doc: Mapping[str, Any], kind: VerticalJobType, extra: set[str]) ->
     }
 
 
+def _toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{source}: not valid TOML: {exc}") from None
+
+
+class _VerticalJob:
+    """What both vertical job types share: their text and their parties."""
+
+    text: str
+    guest: str
+    hosts: tuple[str, ...]
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The guest, then every host."""
+        return (self.guest, *self.hosts)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the job text: what a node checks every request against."""
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
 @dataclass(frozen=True)
-class VerticalSpec:
+class VerticalSpec(_VerticalJob):
     """A ``vfl-train`` job, parsed from its TOML text (see ``configs/*-vfl.toml``)."""
 
     text: str = field(repr=False)
@@ -379,23 +404,10 @@ class VerticalSpec:
     eval_seed: int
     parties: Mapping[str, PartySpec]
 
-    @property
-    def members(self) -> tuple[str, ...]:
-        """The guest, then every host."""
-        return (self.guest, *self.hosts)
-
-    @property
-    def digest(self) -> str:
-        """SHA-256 of the job text: what a node checks every request against."""
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
-
     @classmethod
     def from_toml(cls, text: str, source: str = "<job spec>") -> VerticalSpec:
         """Parse and check a ``vfl-train`` job; :class:`SpecError` naming the key."""
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"{source}: not valid TOML: {exc}") from None
+        doc = _toml(text, source)
         _keys(doc, "top level", {"job", "alignment", "train", "evaluate", "parties"})
         head = _job_head(doc, VerticalJobType.TRAIN, {"aggregation", "key-bits"})
         job = head["job"]
@@ -471,7 +483,7 @@ class VerticalSpec:
 
 
 @dataclass(frozen=True)
-class ScoreSpec:
+class ScoreSpec(_VerticalJob):
     """A ``vfl-score`` job: score the guest's customers that hosts also hold, with the
     model parts that training job ``model`` left at each party."""
 
@@ -483,23 +495,10 @@ class ScoreSpec:
     min_intersection: int
     case_fold: bool
 
-    @property
-    def members(self) -> tuple[str, ...]:
-        """The guest, then every host."""
-        return (self.guest, *self.hosts)
-
-    @property
-    def digest(self) -> str:
-        """SHA-256 of the job text."""
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
-
     @classmethod
     def from_toml(cls, text: str, source: str = "<job spec>") -> ScoreSpec:
         """Parse and check a ``vfl-score`` job; :class:`SpecError` naming the key."""
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"{source}: not valid TOML: {exc}") from None
+        doc = _toml(text, source)
         _keys(doc, "top level", {"job", "alignment"})
         head = _job_head(doc, VerticalJobType.SCORE, {"model"})
         model = _name(_get(head["job"], "job", "model", str, None), "[job] model")
