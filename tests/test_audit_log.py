@@ -208,6 +208,43 @@ def test_append_fsyncs_each_entry_and_a_batch_once(
     assert len(calls) == 4
 
 
+def test_a_batch_without_sync_waits_for_the_next_write_that_syncs(
+    tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        calls.append(fd)
+        real_fsync(fd)
+
+    path = tmp_path / "bank-a.log"
+    log = AuditLog.open(path, "bank-a", key, ORIGIN)
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    with log.batch(sync=False):
+        log.append(EventKind.ERROR, detail=error_detail("received-1"))
+        log.append(EventKind.ERROR, detail=error_detail("received-2"))
+    assert calls == [] and len(path.read_bytes().splitlines()) == 2  # written, not synced
+    with log.batch():
+        log.append(EventKind.ERROR, detail=error_detail("sent"))
+    assert len(calls) == 1  # one fsync made both batches durable
+    with log.batch(sync=False):
+        log.append(EventKind.ERROR, detail=error_detail("received-3"))
+    assert len(calls) == 1
+    log.append(EventKind.ERROR, detail=error_detail("alone"))  # outside a batch: fsync'd
+    assert len(calls) == 2
+    with log.batch(sync=False):
+        log.append(EventKind.ERROR, detail=error_detail("received-4"))
+    note = log.checkpoint()  # makes the log durable before it signs
+    assert len(calls) == 4 and verify_note(note, {"bank-a": key.public_key()}).size == 6
+    with log.batch(sync=False):
+        log.append(EventKind.ERROR, detail=error_detail("last"))
+    log.close()  # syncs the log and signs a last checkpoint
+    assert len(calls) == 6
+    notes = read_checkpoints(checkpoints_path_for(path)).notes
+    assert verify_note(notes[-1], {"bank-a": key.public_key()}).size == 7
+
+
 def test_close_signs_a_last_checkpoint(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     path = tmp_path / "bank-a.log"
     with AuditLog.open(path, "bank-a", key, ORIGIN) as log:
@@ -351,6 +388,37 @@ def test_witnessing_records_the_checkpoint_and_cosigns_it(
     assert str(entry.detail["signature"]) in note  # the coordinator's own signature
     log.witness(note, "coordinator", ckey.public_key())
     assert log.size == 1  # the same checkpoint is recorded once
+
+
+def test_a_witness_checks_a_note_it_was_shown_before_only_once(
+    log: AuditLog,
+    coordinator: tuple[AuditLog, Ed25519PrivateKey],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fedprop.audit.log as audit_log
+
+    clog, ckey = coordinator
+    verified: list[str] = []
+    real_verify = audit_log.verify_note
+
+    def counting_verify(note: str, verifiers: Any) -> Checkpoint:
+        verified.append(note)
+        return real_verify(note, verifiers)
+
+    monkeypatch.setattr(audit_log, "verify_note", counting_verify)
+    note = clog.checkpoint()
+    for _ in range(3):
+        checkpoint = log.record_witness(note, "coordinator", ckey.public_key(), job=JOB)
+    assert verified == [note] and log.size == 1 and checkpoint.root == clog.root
+    # Under another key the same note is checked again, and refused.
+    with pytest.raises(CheckpointError) as exc:
+        log.record_witness(note, "coordinator", Ed25519PrivateKey.generate().public_key())
+    assert exc.value.problem is CheckpointProblem.UNKNOWN_KEY and len(verified) == 2
+    # A new note is checked and recorded.
+    clog.append(EventKind.ERROR, detail=error_detail("next"))
+    later = clog.checkpoint()
+    log.record_witness(later, "coordinator", ckey.public_key(), job=JOB)
+    assert len(verified) == 3 and log.size == 2
 
 
 def test_a_witness_refuses_a_second_root_for_the_same_size(

@@ -38,11 +38,13 @@ Durability
     ``fsync``s it; it returns only once the entry is on disk. The directory is
     ``fsync``ed when a file is created. Inside :meth:`AuditLog.batch` the ``fsync``
     happens once, when the batch closes (entries appended in a batch are durable only
-    then). :meth:`AuditLog.checkpoint` makes the log durable before it signs (including
-    entries other processes appended, which may still wait for their batch's ``fsync``),
-    so a checkpoint never covers an entry that a crash could lose, and
-    :meth:`AuditLog.close` signs a last checkpoint when the log holds entries that no
-    checkpoint in the checkpoints file covers.
+    then); a ``batch(sync=False)`` leaves its entries to the next write that syncs (the
+    next batch's close, append outside a batch, checkpoint or close), for records a party
+    acts on only by sending its next message. :meth:`AuditLog.checkpoint` makes the log
+    durable before it signs (including entries other processes appended, which may still
+    wait for their batch's ``fsync``), so a checkpoint never covers an entry that a crash
+    could lose, and :meth:`AuditLog.close` signs a last checkpoint when the log holds
+    entries that no checkpoint in the checkpoints file covers.
 
 Several processes
     A party's node may handle its messages in several processes; each opens the same
@@ -1072,8 +1074,14 @@ class AuditLog:
         self._lock = threading.RLock()
         self._write_lock = _WriteLock(self)
         self._batch_depth = 0
+        self._batch_sync = True
         self._unsynced = False
         self._broken: str | None = None
+        # Per signer: the last note verified by record_witness, the signer's raw key,
+        # its checkpoint and detail.
+        self._last_verified: dict[
+            str, tuple[str, bytes, Checkpoint, Mapping[str, DetailValue]]
+        ] = {}
 
     @classmethod
     def open(
@@ -1246,17 +1254,26 @@ class AuditLog:
             return entry
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, sync: bool = True) -> Iterator[None]:
         """Group appends: one ``fsync`` when the (outermost) batch closes.
 
         Entries appended inside the batch, from any thread, are durable only when it
         closes; do not act on them (send the message they record) before that. The batch
         does not hold the file lock between its appends: other processes' entries may
         land between them.
+
+        With ``sync=False`` (outermost batch only) the batch closes without an ``fsync``:
+        its entries become durable with the next write that makes the log durable, which
+        is the close of the next batch, the next :meth:`append` outside a batch, the next
+        :meth:`checkpoint` or :meth:`close`. It is for records the party acts on only by
+        sending its next message (whose own write-ahead batch makes both durable before
+        it leaves): a crash before then loses them, and nothing was done on their account.
         """
         with self._lock:
             self._writable()
             self._batch_depth += 1
+            if self._batch_depth == 1:
+                self._batch_sync = sync
         try:
             yield
         finally:
@@ -1264,6 +1281,7 @@ class AuditLog:
                 self._batch_depth -= 1
                 if (
                     self._batch_depth == 0
+                    and self._batch_sync
                     and self._unsynced
                     and self._fd is not None
                     and self._broken is None
@@ -1307,6 +1325,25 @@ class AuditLog:
     ) -> str:
         """Check another party's checkpoint, record it, and return it with our cosignature.
 
+        :meth:`record_witness` does the checking and recording. The cosignature is a
+        plain Ed25519 signed-note signature (type 0x01) by this party over the same body:
+        it says "this party saw and checked this checkpoint", not the C2SP
+        ``tlog-cosignature`` statement (which needs a consistency check).
+        """
+        self.record_witness(note, signer, signer_key, job=job, step=step)
+        return add_signature(note, self._party, self._key)
+
+    def record_witness(
+        self,
+        note: str,
+        signer: str,
+        signer_key: Ed25519PublicKey,
+        *,
+        job: str | None = None,
+        step: str | None = None,
+    ) -> Checkpoint:
+        """Check another party's checkpoint and record it; return the checkpoint.
+
         The note must carry a valid signature by ``signer`` with ``signer_key``. A
         ``checkpoint-witnessed`` entry records its origin, size, root and the signer's
         signature (so an auditor can check that the signer really signed it); a
@@ -1318,16 +1355,13 @@ class AuditLog:
         other log's entries a witness cannot check consistency between different sizes;
         the auditor does that from the logs.
 
-        The cosignature is a plain Ed25519 signed-note signature (type 0x01) by this
-        party over the same body: it says "this party saw and checked this checkpoint",
-        not the C2SP ``tlog-cosignature`` statement (which needs a consistency check).
+        A party is shown the same note many times (every message carries its sender's
+        latest checkpoint): the last note verified for each signer and key is kept, and
+        an identical note is not verified again.
         """
         if signer == self._party:
             raise AuditLogError(f"{self._party!r} cannot witness its own checkpoints")
-        checkpoint = verify_note(note, {signer: signer_key})
-        wanted = key_id(signer, signer_key)
-        signature = next(s for s in parse_note(note)[1] if s.name == signer and s.key_id == wanted)
-        detail = _witness_detail(checkpoint, signature)
+        checkpoint, detail = self._verified_note(note, signer, signer_key)
         head = (checkpoint.origin, checkpoint.size)
         with self._write_lock:
             earlier = self._chain.witnessed.get(head)
@@ -1343,7 +1377,25 @@ class AuditLog:
                 )
             if earlier is None:
                 self.append(EventKind.CHECKPOINT_WITNESSED, job=job, step=step, detail=detail)
-        return add_signature(note, self._party, self._key)
+        return checkpoint
+
+    def _verified_note(
+        self, note: str, signer: str, signer_key: Ed25519PublicKey
+    ) -> tuple[Checkpoint, dict[str, DetailValue]]:
+        """Verify ``note`` as signed by ``signer`` (unless this exact note, signer and key
+        were verified last time); return its checkpoint and ``checkpoint-witnessed`` detail."""
+        raw_key = signer_key.public_bytes_raw()
+        with self._lock:
+            cached = self._last_verified.get(signer)
+        if cached is not None and cached[0] == note and cached[1] == raw_key:
+            return cached[2], dict(cached[3])
+        checkpoint = verify_note(note, {signer: signer_key})
+        wanted = key_id(signer, signer_key)
+        signature = next(s for s in parse_note(note)[1] if s.name == signer and s.key_id == wanted)
+        detail = _witness_detail(checkpoint, signature)
+        with self._lock:
+            self._last_verified[signer] = (note, raw_key, checkpoint, MappingProxyType(detail))
+        return checkpoint, dict(detail)
 
     def close(self) -> None:
         """Sign a last checkpoint if needed, make everything durable, release the files.
