@@ -135,10 +135,10 @@ def coordinator_held() -> Iterator[list[object]]:
     seen: list[object] = []
     original = GridTransport._send_and_receive
 
-    def recording(self: GridTransport, messages: list[Message]) -> dict[int, Message]:
+    def recording(self: GridTransport, messages: list[Message], label: str) -> dict[int, Message]:
         for m in messages:
             seen.append(from_record(REQUESTS[m.metadata.message_type], m.content))
-        replies = original(self, messages)
+        replies = original(self, messages, label)
         for m in replies.values():
             if not m.has_error():
                 seen.append(from_record(REPLIES[m.metadata.message_type], m.content))

@@ -19,7 +19,9 @@ Cross-party evidence: every message carries its sender's latest signed checkpoin
 (renewed at most every :data:`CHECKPOINT_INTERVAL_SECONDS`; the log closes with one)
 (:data:`~fedprop.apps.records.AUDIT_RECORD`); the receiver checks the signature
 against its pinned manifest and records it as witnessed
-(:meth:`~fedprop.audit.AuditLog.witness`). A message whose checkpoint does not verify,
+(:meth:`~fedprop.audit.AuditLog.record_witness`): the ``checkpoint-witnessed`` entry,
+covered by the receiver's own next signed checkpoint, is its countersignature. A note
+seen again is not verified again. A message whose checkpoint does not verify,
 or that shows a second history for a size already witnessed, is refused. A node that
 cannot write its log refuses the message: nothing is computed unlogged.
 """
@@ -247,7 +249,7 @@ class NodeAudit:
         if note is None or self.manifest.coordinator is None:
             return
         key = self.manifest.coordinator.signing_key()
-        self.log.witness(note, self.manifest.coordinator.name, key, job=job, step=step)
+        self.log.record_witness(note, self.manifest.coordinator.name, key, job=job, step=step)
 
     def _record_outcome(
         self,
@@ -387,7 +389,7 @@ class CoordinatorAudit:
         if note is None:
             raise JobFailedError(f"{step}: the reply of '{party}' carries no audit checkpoint")
         try:
-            self.log.witness(
+            self.log.record_witness(
                 note, party, _signer_key(self.manifest, party), job=self.job, step=step
             )
         except FedpropError as exc:

@@ -15,6 +15,7 @@ of one message can be matched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 import typing
 from typing import Any, TypeVar
@@ -67,13 +68,19 @@ def to_record(message: Any) -> RecordDict:
     return RecordDict({FIELDS_RECORD: fields, ARRAYS_RECORD: arrays})
 
 
+@functools.cache
+def _type_hints(kind: type) -> dict[str, Any]:
+    """A message class's field types, resolved once per process."""
+    return typing.get_type_hints(kind)
+
+
 def from_record(kind: type[T], content: RecordDict) -> T:
     """Decode message content into ``kind``; raise :class:`FedpropError` if it does not fit."""
     if FIELDS_RECORD not in content or ARRAYS_RECORD not in content:
         raise FedpropError(f"message is not a fedprop {kind.__name__}")
     fields = typing.cast(ConfigRecord, content[FIELDS_RECORD])
     arrays = typing.cast(ArrayRecord, content[ARRAYS_RECORD])
-    hints = typing.get_type_hints(kind)
+    hints = _type_hints(typing.cast(type, kind))
     values: dict[str, Any] = {}
     for f in dataclasses.fields(typing.cast(Any, kind)):
         hint = hints[f.name]

@@ -116,14 +116,16 @@ class GridTransport:
             raise JobFailedError(f"no connected node has answered as {', '.join(unknown)}")
         return [node_of[p] for p in parties]
 
-    def _send_and_receive(self, messages: list[Message]) -> dict[int, Message]:
+    def _send_and_receive(self, messages: list[Message], label: str) -> dict[int, Message]:
         """Push ``messages``; pull replies until all are in or the step times out; return
         each reply by the node the message it answers went to (an error the SuperLink
         makes for a node that is gone comes from the SuperLink, not from that node).
 
-        Polls every :data:`PULL_INTERVAL_SECONDS` (Flower's own loop waits 0.1 s in
-        simulation and 3 s against a SuperLink between pulls, which would add up to that
-        much to every step).
+        A reply from a node already known is logged as it arrives (:meth:`_log_receipt`),
+        while the step waits for the slower nodes. Polls every
+        :data:`PULL_INTERVAL_SECONDS` (Flower's own loop waits 0.1 s in simulation and
+        3 s against a SuperLink between pulls, which would add up to that much to every
+        step).
         """
         ids = list(self.grid.push_messages(messages))
         destination = dict(zip(ids, (m.metadata.dst_node_id for m in messages), strict=True))
@@ -133,8 +135,11 @@ class GridTransport:
         while pending and time.monotonic() < deadline:
             for reply in self.grid.pull_messages(pending):
                 answered = reply.metadata.reply_to_message_id
-                replies[destination[answered]] = reply
+                node_id = destination[answered]
+                replies[node_id] = reply
                 pending.discard(answered)
+                if node_id in self._party_of:
+                    self._log_receipt(node_id, reply, label)
             if pending:
                 time.sleep(PULL_INTERVAL_SECONDS)
         return replies
@@ -159,24 +164,35 @@ class GridTransport:
             attach_checkpoint(m, note)
         return unknown
 
-    def _log_receipts(
-        self,
-        unknown: list[Message],
-        replies: Mapping[int, Message],
-        label: str,
-    ) -> None:
-        """Log the sends to nodes that just named themselves, and every reply (witnessing
-        its checkpoint)."""
+    def _log_receipt(self, node_id: int, reply: Message, label: str) -> None:
+        """Log a reply from a known node (witnessing its checkpoint).
+
+        The coordinator acts on a reply only by sending its next message, so a receipt is
+        not ``fsync``'d on its own: the write-ahead batch of the next sends
+        (:meth:`_log_sends`) makes it durable before any message leaves, and the log's
+        close does when the job ends (a crash in between loses receipts that nothing was
+        done with)."""
         if self.audit is None:
             return
-        with self.audit.log.batch():
+        with self.audit.log.batch(sync=False):
+            if reply.metadata.src_node_id == node_id:
+                self.audit.received(self._party(node_id), reply, label)
+            else:  # made by the SuperLink (the node is gone): nothing the node sent
+                self.audit.unanswered(self._party(node_id), str(reply.error.reason), label)
+
+    def _log_discovered(
+        self, unknown: list[Message], replies: Mapping[int, Message], label: str
+    ) -> None:
+        """Log the sends to nodes that just named themselves, then their replies."""
+        if self.audit is None or not unknown:
+            return
+        with self.audit.log.batch(sync=False):
             for m in unknown:
                 self.audit.sent(self._party(m.metadata.dst_node_id), m, label)
-            for node_id, r in replies.items():
-                if r.metadata.src_node_id == node_id:
-                    self.audit.received(self._party(node_id), r, label)
-                else:  # made by the SuperLink (the node is gone): nothing the node sent
-                    self.audit.unanswered(self._party(node_id), str(r.error.reason), label)
+            for m in unknown:
+                node_id = m.metadata.dst_node_id
+                if node_id in replies:
+                    self._log_receipt(node_id, replies[node_id], label)
 
     def broadcast(
         self, step: StrEnum, request: Any, to: Sequence[str] | None = None
@@ -203,7 +219,7 @@ class GridTransport:
         ]
         label = step_label(step.value, request)
         unknown = self._log_sends(messages, label)
-        replies = self._send_and_receive(messages)
+        replies = self._send_and_receive(messages, label)
         decoded: dict[int, Any] = {}
         undecodable: dict[int, str] = {}
         for node_id, r in replies.items():
@@ -217,7 +233,7 @@ class GridTransport:
             claimed = decoded[node_id].party if node_id in decoded else error_party(r)
             if node_id not in self._party_of and claimed in self.parties:
                 self._party_of[node_id] = str(claimed)
-        self._log_receipts(unknown, replies, label)
+        self._log_discovered(unknown, replies, label)
         if discovering:
             # Until every party has answered once, the step goes to every connected node;
             # a node the SuperLink reports gone (a stale entry after a restart) is no party.
