@@ -23,7 +23,9 @@ def build_model(config: ModelConfig, n_features: int, seed: int) -> nn.Module:
     every party and at the coordinator.
     """
     generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    # The CPU generator alone initializes the layers (torch.manual_seed would also queue a
+    # CUDA seeding, with a stack trace, on every call).
+    torch.default_generator.manual_seed(seed)
     try:
         if config.kind is ModelKind.LOGREG:
             model: nn.Module = nn.Sequential(nn.Linear(n_features, 1))

@@ -278,6 +278,19 @@ class NodeSettings:
     allow_model_release: bool = False
 
 
+@dataclass(frozen=True)
+class _Encoded:
+    """A node's rows encoded for one job: the statistics they were encoded with, the
+    encoder, and the features and labels of its training and test rows."""
+
+    stats: bytes
+    encoder: FeatureEncoder
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
 class HflNode:
     """A party: holds its own rows and answers the coordinator's steps."""
 
@@ -298,7 +311,7 @@ class HflNode:
         self.settings = settings
         self._index = spec.parties.index(name)
         self._schemes: dict[bytes, SumScheme] = {}
-        self._encoded: tuple[bytes, FeatureEncoder, np.ndarray, np.ndarray] | None = None
+        self._encoded: _Encoded | None = None
         self._model_sum: tuple[bytes, np.ndarray] | None = None
 
     @property
@@ -353,15 +366,21 @@ class HflNode:
         stats[counts] = np.rint(stats[counts])  # exact counts, free of fixed-point error
         return stats
 
-    def _encoder(self, request: ModelRequest) -> tuple[FeatureEncoder, np.ndarray, np.ndarray]:
-        if self._encoded is None or self._encoded[0] != request.stats:
+    def _encoder(self, request: ModelRequest) -> _Encoded:
+        """This party's rows encoded with the federation's statistics (once per job)."""
+        if self._encoded is None or self._encoded.stats != request.stats:
             encoder = FeatureEncoder.from_global_stats(
                 self.spec.schema, self._stats(request.keys, request.stats)
             )
-            x = encoder.transform(self.data.train)
-            y = encoder.labels(self.data.train)
-            self._encoded = (request.stats, encoder, x, y)
-        return self._encoded[1], self._encoded[2], self._encoded[3]
+            self._encoded = _Encoded(
+                request.stats,
+                encoder,
+                encoder.transform(self.data.train),
+                encoder.labels(self.data.train),
+                encoder.transform(self.data.test),
+                encoder.labels(self.data.test),
+            )
+        return self._encoded
 
     def _global_model(self, request: ModelRequest, n_features: int, round_: int) -> nn.Module:
         """The seeded initial model, or the average of the previous round's summed update."""
@@ -394,7 +413,8 @@ class HflNode:
     def train(self, request: ModelRequest) -> ContributionReply:
         """Step 2: train from the global model on this party's rows (DP-SGD if the spec
         has ``[dp]``: :func:`~fedprop.privacy.dpsgd.train_epochs_dp`)."""
-        encoder, x, y = self._encoder(request)
+        encoded = self._encoder(request)
+        encoder, x, y = encoded.encoder, encoded.x_train, encoded.y_train
         model = self._global_model(request, encoder.n_features, request.round - 1)
         cfg = self.spec.train
         train = train_epochs if cfg.dp is None else train_epochs_dp
@@ -412,11 +432,11 @@ class HflNode:
 
     def evaluate(self, request: ModelRequest) -> ContributionReply:
         """Step 3: score this party's test rows with the new global model; seal the histograms."""
-        encoder, _, _ = self._encoder(request)
-        model = self._global_model(request, encoder.n_features, request.round)
-        scores = predict_proba(model, encoder.transform(self.data.test))
+        encoded = self._encoder(request)
+        model = self._global_model(request, encoded.encoder.n_features, request.round)
+        scores = predict_proba(model, encoded.x_test)
         histogram = ScoreHistogram.from_scores(
-            scores, encoder.labels(self.data.test), self.spec.evaluate.histogram_bins
+            scores, encoded.y_test, self.spec.evaluate.histogram_bins
         )
         return self._contribute(
             request.keys,
