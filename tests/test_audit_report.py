@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,31 @@ def test_write_report_writes_json_and_html(result: AuditResult, tmp_path: Path) 
     assert json.loads(json_path.read_text()) == build_report(result)
     assert html_path.read_text() == render_html(build_report(result))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([JSON_FILE, HTML_FILE])
+
+
+def test_the_report_shows_the_most_spent_in_one_window_beside_the_whole_log(
+    tmp_path: Path,
+) -> None:
+    # A node whose budget renews every 30 days: 0.6 in March, 0.3 and then 0.5 in May.
+    # The whole log holds 1.4 against a limit of 1.0, yet no window holds more than 0.8.
+    key = Ed25519PrivateKey.generate()
+    march = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+    with AuditLog.open(tmp_path / "bank-a.log", "bank-a", key, "audit.example/bank-a") as log:
+        for job, epsilon, at in (
+            ("job-1", 0.6, march),
+            ("job-2", 0.3, march + timedelta(days=61)),
+            ("job-3", 0.5, march + timedelta(days=71)),
+        ):
+            window = (at - timedelta(days=30), at)
+            detail = budget_detail("rows", epsilon, 0.0, 1.0, 1e-5, window=window)
+            log.append(EventKind.BUDGET_SPEND, job=job, detail=detail)
+    result = verify_federation(
+        [PartyLog("bank-a", tmp_path / "bank-a.log", "audit.example/bank-a")],
+        {"bank-a": key.public_key()},
+    )
+    assert result.ok
+    [budget] = build_report(result)["budgets"]
+    assert budget["epsilon"] == pytest.approx(1.4) and budget["spends"] == 3
+    assert budget["window_epsilon"] == pytest.approx(0.8) and budget["limit_epsilon"] == 1.0
+    html = render_html(build_report(result))
+    assert "epsilon in one window (most)" in html and '<td class="num">0.8</td>' in html

@@ -16,7 +16,9 @@ JSON-ready dictionary:
     none), message and byte totals each way, releases (what, rule), budget spends and key
     ceremonies, and whether a finding names the entry (``flagged``);
 ``budgets``
-    per party and budget: epsilon and delta spent, the limits, the number of spends;
+    per party and budget: epsilon and delta spent over the whole log, the most spent in
+    one window of the budget's rolling period (what the limit applies to), the limits,
+    the number of spends;
 ``findings``
     every finding (:meth:`~fedprop.audit.verify.Finding.to_dict`), in report order.
 
@@ -36,6 +38,7 @@ from typing import Any
 
 from fedprop.audit.crosscheck import AuditResult
 from fedprop.audit.log import DetailKey, Entry, EventKind
+from fedprop.audit.verify import BudgetSpends
 from fedprop.files import write_text_atomic
 
 __all__ = ["HTML_FILE", "JSON_FILE", "REPORT_FORMAT", "build_report", "render_html", "write_report"]
@@ -116,28 +119,36 @@ def _party_job(entries: Sequence[Entry], flagged: set[int]) -> dict[str, dict[st
 
 
 def _budgets(party: str, entries: Sequence[Entry]) -> list[dict[str, Any]]:
-    totals: dict[str, dict[str, Any]] = {}
-    for e in entries:
+    """Per budget: every spend added up, and the most spent in one window (what the
+    limit applies to, as :class:`~fedprop.audit.verify.BudgetSpends` counts it)."""
+    spends: dict[str, BudgetSpends] = {}
+    peaks: dict[str, tuple[float, float]] = {}
+    for seq, e in enumerate(entries):
         if e.kind is not EventKind.BUDGET_SPEND:
             continue
-        d = e.detail
-        name = str(d[DetailKey.BUDGET])
-        row = totals.setdefault(
-            name,
+        name = str(e.detail[DetailKey.BUDGET])
+        budget = spends.setdefault(name, BudgetSpends.of(e, seq))
+        epsilon, delta, _, _ = budget.spend(e)
+        peak = peaks.get(name, (0.0, 0.0))
+        peaks[name] = (max(peak[0], epsilon), max(peak[1], delta))
+    rows = []
+    for name in sorted(spends):
+        budget = spends[name]
+        epsilon, delta = budget.total
+        rows.append(
             {
                 "party": party,
                 "budget": name,
-                "epsilon": 0.0,
-                "delta": 0.0,
-                "limit_epsilon": d[DetailKey.LIMIT_EPSILON],
-                "limit_delta": d[DetailKey.LIMIT_DELTA],
-                "spends": 0,
-            },
+                "epsilon": epsilon,
+                "delta": delta,
+                "window_epsilon": peaks[name][0],
+                "window_delta": peaks[name][1],
+                "limit_epsilon": budget.limit_epsilon,
+                "limit_delta": budget.limit_delta,
+                "spends": len(budget.times),
+            }
         )
-        row["epsilon"] += d[DetailKey.EPSILON]
-        row["delta"] += d[DetailKey.DELTA]
-        row["spends"] += 1
-    return [totals[name] for name in sorted(totals)]
+    return rows
 
 
 def build_report(result: AuditResult) -> dict[str, Any]:
@@ -335,10 +346,12 @@ def render_html(report: Mapping[str, Any]) -> str:
             [
                 _cell(b["party"]),
                 _cell(b["budget"]),
-                _cell(f"{b['epsilon']:.6g}", num=True),
+                _cell(f"{b['window_epsilon']:.6g}", num=True),
                 _cell(b["limit_epsilon"], num=True),
-                _cell(f"{b['delta']:.6g}", num=True),
+                _cell(f"{b['window_delta']:.6g}", num=True),
                 _cell(b["limit_delta"], num=True),
+                _cell(f"{b['epsilon']:.6g}", num=True),
+                _cell(f"{b['delta']:.6g}", num=True),
                 _cell(b["spends"], num=True),
             ]
         )
@@ -361,7 +374,17 @@ def render_html(report: Mapping[str, Any]) -> str:
         ),
         "<h2>Privacy budgets</h2>",
         _table(
-            ["party", "budget", "epsilon spent", "limit", "delta spent", "limit", "spends"],
+            [
+                "party",
+                "budget",
+                "epsilon in one window (most)",
+                "limit",
+                "delta in one window (most)",
+                "limit",
+                "epsilon, whole log",
+                "delta, whole log",
+                "spends",
+            ],
             budgets,
         ),
         jobs,

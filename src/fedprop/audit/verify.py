@@ -69,6 +69,7 @@ from fedprop.audit.log import (
 from fedprop.audit.merkle import MerkleTree, leaf_hash
 
 __all__ = [
+    "BudgetSpends",
     "Finding",
     "LogReport",
     "Rule",
@@ -295,8 +296,15 @@ class _Findings:
 
 
 @dataclass
-class _Budget:
-    """The spends of one budget so far, sorted by when they were made."""
+class BudgetSpends:
+    """The spends of one budget in a log so far, sorted by when they were made.
+
+    The one place that says how much of a budget a ``budget-spend`` entry counts against:
+    a node's budget renews over a rolling period, so a spend that states its window
+    (``window-start``, ``spent-at``) counts with the spends of its budget made after that
+    window's start (spends dated after its own time included, as when a clock went back);
+    one that does not (older logs) counts with every spend of its budget in the log.
+    """
 
     limit_epsilon: float
     limit_delta: float
@@ -305,16 +313,33 @@ class _Budget:
     epsilons: list[float] = field(default_factory=list)
     deltas: list[float] = field(default_factory=list)
 
-    def add(self, at: datetime, epsilon: float, delta: float) -> None:
+    @classmethod
+    def of(cls, entry: Entry, seq: int) -> BudgetSpends:
+        """No spends yet, under the limits the ``budget-spend`` ``entry`` states."""
+        detail = entry.detail
+        limits = (_number(detail[DetailKey.LIMIT_EPSILON]), _number(detail[DetailKey.LIMIT_DELTA]))
+        return cls(*limits, first_seq=seq)
+
+    def spend(self, entry: Entry) -> tuple[float, float, datetime | None, datetime]:
+        """Add the ``budget-spend`` ``entry``; return the epsilon and delta spent in its
+        window (itself included), the window's start (``None``: the whole log) and when
+        the spend was made."""
+        detail = entry.detail
+        windowed = DetailKey.WINDOW_START in detail
+        at = parse_time(detail[DetailKey.SPENT_AT]) if windowed else entry.time
+        start = parse_time(detail[DetailKey.WINDOW_START]) if windowed else None
+        epsilon, delta = _number(detail[DetailKey.EPSILON]), _number(detail[DetailKey.DELTA])
         i = bisect.bisect_right(self.times, at)
         self.times.insert(i, at)
         self.epsilons.insert(i, epsilon)
         self.deltas.insert(i, delta)
+        first = 0 if start is None else bisect.bisect_right(self.times, start)
+        return math.fsum(self.epsilons[first:]), math.fsum(self.deltas[first:]), start, at
 
-    def since(self, start: datetime | None) -> tuple[float, float]:
-        """Epsilon and delta of the spends made after ``start`` (``None``: every spend)."""
-        i = 0 if start is None else bisect.bisect_right(self.times, start)
-        return math.fsum(self.epsilons[i:]), math.fsum(self.deltas[i:])
+    @property
+    def total(self) -> tuple[float, float]:
+        """Epsilon and delta of every spend so far."""
+        return math.fsum(self.epsilons), math.fsum(self.deltas)
 
 
 @dataclass
@@ -323,7 +348,7 @@ class _Policy:
 
     out: _Findings
     decisions: dict[str, tuple[EventKind, int]] = field(default_factory=dict)
-    budgets: dict[str, _Budget] = field(default_factory=dict)
+    budgets: dict[str, BudgetSpends] = field(default_factory=dict)
 
     def check(self, entry: Entry, seq: int) -> None:
         kind, job, detail = entry.kind, entry.job, entry.detail
@@ -350,31 +375,22 @@ class _Policy:
             self._spend(entry, seq)
 
     def _spend(self, entry: Entry, seq: int) -> None:
-        """Add a spend to its budget; check the window it was made in against the limits.
-
-        A spend that states its window (``window-start``, ``spent-at``) is checked like the
-        node's ledger checked it: with every spend of its budget logged so far that was
-        made after the window's start (spends dated after its own time included, as when
-        a clock went back). One without (older logs) is checked against every spend of
-        its budget in the log."""
-        detail = entry.detail
-        name = str(detail[DetailKey.BUDGET])
-        limits = (_number(detail[DetailKey.LIMIT_EPSILON]), _number(detail[DetailKey.LIMIT_DELTA]))
+        """Add a spend to its budget; check the window it was made in against the limits
+        (:class:`BudgetSpends` says which spends a window holds)."""
+        name = str(entry.detail[DetailKey.BUDGET])
         budget = self.budgets.get(name)
+        fresh = BudgetSpends.of(entry, seq)
         if budget is None:
-            budget = self.budgets[name] = _Budget(*limits, first_seq=seq)
-        elif limits != (budget.limit_epsilon, budget.limit_delta):
+            budget = self.budgets[name] = fresh
+        elif (fresh.limit_epsilon, fresh.limit_delta) != (budget.limit_epsilon, budget.limit_delta):
             self.out.add(
                 Rule.BUDGET_LIMIT_CHANGED,
-                f"budget {name!r}: limit (epsilon, delta) {limits} differs from "
+                f"budget {name!r}: limit (epsilon, delta) "
+                f"{(fresh.limit_epsilon, fresh.limit_delta)} differs from "
                 f"{(budget.limit_epsilon, budget.limit_delta)} set at seq {budget.first_seq}",
                 seq=seq,
             )
-        windowed = DetailKey.WINDOW_START in detail
-        at = parse_time(detail[DetailKey.SPENT_AT]) if windowed else entry.time
-        start = parse_time(detail[DetailKey.WINDOW_START]) if windowed else None
-        budget.add(at, _number(detail[DetailKey.EPSILON]), _number(detail[DetailKey.DELTA]))
-        epsilon, delta = budget.since(start)
+        epsilon, delta, start, at = budget.spend(entry)
         if epsilon > budget.limit_epsilon * (1 + _BUDGET_SLACK) or delta > budget.limit_delta * (
             1 + _BUDGET_SLACK
         ):
