@@ -326,7 +326,8 @@ def generate_keypair(bits: int = DEFAULT_PAILLIER_BITS) -> PrivateKey:
 
     Raises :class:`KeySizeError` for a size under
     :data:`~fedprop.crypto.params.MIN_PAILLIER_BITS` or not in
-    :data:`~fedprop.crypto.params.ALLOWED_PAILLIER_BITS`. Takes a few seconds at 2048 bits.
+    :data:`~fedprop.crypto.params.ALLOWED_PAILLIER_BITS`. Takes well under a second at
+    2048 bits with gmpy2 (the time varies with where the primes fall).
     """
     _check_bits(_as_int(bits, "bits"))
     public, private = phe_paillier.generate_paillier_keypair(n_length=bits)
