@@ -28,6 +28,8 @@ cannot write its log refuses the message: nothing is computed unlogged.
 
 from __future__ import annotations
 
+import atexit
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -83,6 +85,8 @@ __all__ = [
     "step_label",
     "verify_logs",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: Flower error code of a message refused because of its audit evidence or a log failure.
 AUDIT_ERROR_CODE = 4002
@@ -327,7 +331,19 @@ def _node_audit(audit_dir: Path, key_dir: Path, manifest_path: Path) -> NodeAudi
     """This process's audit of one node (its log stays open between messages)."""
     manifest = Manifest.from_json(manifest_path.read_text(encoding="utf-8"))
     identity = load_identity(key_dir)
-    return NodeAudit(open_party_log(audit_dir, identity, manifest.federation), manifest)
+    log = open_party_log(audit_dir, identity, manifest.federation)
+    atexit.register(_close_at_exit, log)
+    return NodeAudit(log, manifest)
+
+
+def _close_at_exit(log: AuditLog) -> None:
+    """When a node's process ends, sign a last checkpoint over the entries no checkpoint
+    covers yet (after every reply left, so off every message's path); a log that cannot
+    be closed keeps its unsigned tail, which an audit reports."""
+    try:
+        log.close()
+    except (OSError, FedpropError) as exc:
+        _log.warning("closing the privacy log %s failed: %s", log.path, exc)
 
 
 NodePaths = Callable[[Context], tuple[str, Path, Path, Path]]
