@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,13 @@ from fedprop.apps.audit import (
     AUDIT_ERROR_CODE,
     CoordinatorAudit,
     NodeAudit,
+    log_origin,
     log_path,
     open_party_log,
 )
 from fedprop.apps.records import attach_checkpoint, attached_checkpoint, message_bytes, to_record
-from fedprop.audit import AuditLog, EventKind, verify_note
-from fedprop.crypto.identity import Manifest, generate_identity
+from fedprop.audit import AuditLog, EventKind, verify_log, verify_note
+from fedprop.crypto.identity import Manifest, generate_identity, save_identity
 from fedprop.errors import JobFailedError
 from fedprop.protocols.hfl import ContributionReply, JobRequest, Step
 from fedprop.spec import JobSpec
@@ -162,3 +165,28 @@ def test_message_bytes_are_the_same_at_both_ends_and_differ_with_content(spec: J
     # The attached checkpoint is signed on its own, not part of the message's bytes.
     attach_checkpoint(twin, "note")
     assert message_bytes(twin) == message_bytes(request)
+
+
+_EXITING_NODE = """
+import sys
+from pathlib import Path
+from fedprop.apps.audit import _node_audit
+from fedprop.audit import EventKind, error_detail
+audit = _node_audit(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+audit.log.append(EventKind.ERROR, detail=error_detail("last-entry-before-exit"))
+"""
+
+
+def test_a_node_process_signs_its_log_tail_when_it_exits(tmp_path: Path) -> None:
+    bank, coordinator = generate_identity("bank-a"), generate_identity("coordinator")
+    save_identity(bank, tmp_path / "keys")
+    manifest = Manifest("pilot", (bank.public,), coordinator.public)
+    (tmp_path / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
+    audit_dir = tmp_path / "audit"
+    args = [str(audit_dir), str(tmp_path / "keys"), str(tmp_path / "manifest.json")]
+    subprocess.run([sys.executable, "-c", _EXITING_NODE, *args], check=True, timeout=120)
+    path = log_path(audit_dir, "bank-a")
+    report = verify_log(path, "bank-a", bank.signing.public_key(), log_origin("pilot", "bank-a"))
+    assert report.ok and report.entries == 1
+    # The one entry the process wrote is signed: no uncheckpointed-entries warning.
+    assert report.findings == (), report.findings
