@@ -185,9 +185,8 @@ def test_reading_refuses_anything_but_the_canonical_encoding(log: AuditLog) -> N
 # --- durability ------------------------------------------------------------------------
 
 
-def test_append_fsyncs_each_entry_and_a_batch_once(
-    log: AuditLog, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, every ``os.fsync`` still syncs and appends its fd to the list returned."""
     calls: list[int] = []
     real_fsync = os.fsync
 
@@ -196,6 +195,13 @@ def test_append_fsyncs_each_entry_and_a_batch_once(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", counting_fsync)
+    return calls
+
+
+def test_append_fsyncs_each_entry_and_a_batch_once(
+    log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_fsyncs(monkeypatch)
     log.append(EventKind.ERROR, detail=error_detail("a"))
     log.append(EventKind.ERROR, detail=error_detail("b"))
     assert len(calls) == 2
@@ -211,16 +217,9 @@ def test_append_fsyncs_each_entry_and_a_batch_once(
 def test_a_batch_without_sync_waits_for_the_next_write_that_syncs(
     tmp_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[int] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        calls.append(fd)
-        real_fsync(fd)
-
     path = tmp_path / "bank-a.log"
     log = AuditLog.open(path, "bank-a", key, ORIGIN)
-    monkeypatch.setattr(os, "fsync", counting_fsync)
+    calls = _count_fsyncs(monkeypatch)
     with log.batch(sync=False):
         log.append(EventKind.ERROR, detail=error_detail("received-1"))
         log.append(EventKind.ERROR, detail=error_detail("received-2"))
