@@ -127,7 +127,9 @@ def _budgets(party: str, entries: Sequence[Entry]) -> list[dict[str, Any]]:
         if e.kind is not EventKind.BUDGET_SPEND:
             continue
         name = str(e.detail[DetailKey.BUDGET])
-        budget = spends.setdefault(name, BudgetSpends.of(e, seq))
+        if name not in spends:
+            spends[name] = BudgetSpends.of(e, seq)
+        budget = spends[name]
         epsilon, delta, _, _ = budget.spend(e)
         peak = peaks.get(name, (0.0, 0.0))
         peaks[name] = (max(peak[0], epsilon), max(peak[1], delta))

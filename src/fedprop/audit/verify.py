@@ -313,12 +313,16 @@ class BudgetSpends:
     epsilons: list[float] = field(default_factory=list)
     deltas: list[float] = field(default_factory=list)
 
+    @staticmethod
+    def limits_of(entry: Entry) -> tuple[float, float]:
+        """The epsilon and delta limits a ``budget-spend`` ``entry`` states."""
+        detail = entry.detail
+        return _number(detail[DetailKey.LIMIT_EPSILON]), _number(detail[DetailKey.LIMIT_DELTA])
+
     @classmethod
     def of(cls, entry: Entry, seq: int) -> BudgetSpends:
-        """No spends yet, under the limits the ``budget-spend`` ``entry`` states."""
-        detail = entry.detail
-        limits = (_number(detail[DetailKey.LIMIT_EPSILON]), _number(detail[DetailKey.LIMIT_DELTA]))
-        return cls(*limits, first_seq=seq)
+        """No spends yet, under the limits the ``budget-spend`` ``entry`` (at ``seq``) states."""
+        return cls(*cls.limits_of(entry), first_seq=seq)
 
     def spend(self, entry: Entry) -> tuple[float, float, datetime | None, datetime]:
         """Add the ``budget-spend`` ``entry``; return the epsilon and delta spent in its
@@ -379,14 +383,13 @@ class _Policy:
         (:class:`BudgetSpends` says which spends a window holds)."""
         name = str(entry.detail[DetailKey.BUDGET])
         budget = self.budgets.get(name)
-        fresh = BudgetSpends.of(entry, seq)
+        limits = BudgetSpends.limits_of(entry)
         if budget is None:
-            budget = self.budgets[name] = fresh
-        elif (fresh.limit_epsilon, fresh.limit_delta) != (budget.limit_epsilon, budget.limit_delta):
+            budget = self.budgets[name] = BudgetSpends.of(entry, seq)
+        elif limits != (budget.limit_epsilon, budget.limit_delta):
             self.out.add(
                 Rule.BUDGET_LIMIT_CHANGED,
-                f"budget {name!r}: limit (epsilon, delta) "
-                f"{(fresh.limit_epsilon, fresh.limit_delta)} differs from "
+                f"budget {name!r}: limit (epsilon, delta) {limits} differs from "
                 f"{(budget.limit_epsilon, budget.limit_delta)} set at seq {budget.first_seq}",
                 seq=seq,
             )
