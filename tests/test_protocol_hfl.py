@@ -31,6 +31,7 @@ from fedprop.protocols.hfl import (
     Reply,
     Request,
     Step,
+    TrainReply,
     decode_average,
     encode_update,
     run_hfl,
@@ -107,9 +108,12 @@ def test_federated_logreg_matches_centralized(
     result = run_hfl(plain, transport, node_configs["bank-a"].settings().manifest)
 
     rounds = plain.train.rounds
-    assert transport.steps == [Step.STATS] + [Step.TRAIN, Step.EVALUATE, Step.RELEASE] * rounds + [
-        Step.RELEASE
-    ]
+    # Round r's train step also scores round r - 1's model; the last model on its own step.
+    assert transport.steps == (
+        [Step.STATS, Step.TRAIN]
+        + [Step.TRAIN, Step.RELEASE] * (rounds - 1)
+        + [Step.EVALUATE, Step.RELEASE, Step.RELEASE]
+    )
     parties = [n.data for n in nodes.values()]
     stats = np.sum([local_stats(p.train, plain.schema) for p in parties], axis=0)
     pooled_test = pd.concat([p.test for p in parties], ignore_index=True)
@@ -280,16 +284,18 @@ def test_the_same_attack_finds_every_vector_in_plaintext_mode(
     assert {f"vector {i} as <f8 bytes" for i in range(20)} <= set(found)
 
 
-def _first_histograms(transport: RecordingTransport) -> tuple[Mapping[str, Reply], bytes]:
-    """Round 1's valid histogram contributions, with bank-a's lone payload as the 'sum'."""
-    for step, _, replies in transport.log:
-        if step is Step.EVALUATE:
-            contributions = [r for r in replies.values() if isinstance(r, ContributionReply)]
-            return replies, SignedSum(
-                contributions[0].payload,
-                tuple(Contribution(c.party, c.payload, c.signature) for c in contributions),
-            ).to_bytes()
-    raise AssertionError("no stats step recorded")
+def _first_histograms(transport: RecordingTransport) -> bytes:
+    """Round 1's valid histogram contributions (carried by round 2's train replies), with
+    bank-a's lone payload as the 'sum'."""
+    for step, request, replies in transport.log:
+        if step is Step.TRAIN and getattr(request, "round", 0) == 2:
+            contributions = [
+                Contribution(r.party, r.histograms, r.histograms_signature)
+                for r in replies.values()
+                if isinstance(r, TrainReply)
+            ]
+            return SignedSum(contributions[0].payload, tuple(contributions)).to_bytes()
+    raise AssertionError("no round-2 train step recorded")
 
 
 def test_a_node_refuses_to_open_one_partys_ciphertext_passed_off_as_the_sum(
@@ -297,7 +303,7 @@ def test_a_node_refuses_to_open_one_partys_ciphertext_passed_off_as_the_sum(
 ) -> None:
     s, nodes, transport = paillier_run
     keys = next(req.keys for step, req, _ in transport.log if step is Step.STATS)  # type: ignore[union-attr]
-    _, forged = _first_histograms(transport)  # aggregate = bank-a's lone contribution
+    forged = _first_histograms(transport)  # aggregate = bank-a's lone contribution
     with pytest.raises(AggregateError, match="not the sum"):
         nodes["bank-b"].release(ReleaseRequest(s.text, keys, 1, "histogram", forged))
 
@@ -316,10 +322,13 @@ def test_a_node_never_releases_statistics_and_respects_model_release(
         node.release(ReleaseRequest(s.text, keys, 2, VectorKind.UPDATE.value, b""))
 
 
+@pytest.mark.parametrize("field", ["update", "histograms"])
 def test_a_tampered_contribution_fails_the_round(
-    spec: JobSpec, node_configs: dict[str, NodeConfig]
+    spec: JobSpec, node_configs: dict[str, NodeConfig], field: str
 ) -> None:
-    s = job(spec, "paillier", rounds=1)
+    # A train reply carries two contributions: the round's update and, from round 2, the
+    # histograms of the previous round's model. Flipping a bit of either fails the job.
+    s = job(spec, "paillier", rounds=2)
     nodes = nodes_for(s, node_configs)
 
     class Tamper(InProcessTransport):
@@ -328,9 +337,10 @@ def test_a_tampered_contribution_fails_the_round(
         ) -> Mapping[str, Reply]:
             replies = dict(super().broadcast(step, request, to))
             reply = replies["bank-d"]
-            if step is Step.TRAIN and isinstance(reply, ContributionReply):
-                flipped = bytes([reply.payload[-1] ^ 1])
-                replies["bank-d"] = dataclasses.replace(reply, payload=reply.payload[:-1] + flipped)
+            if isinstance(reply, TrainReply) and getattr(reply, field):
+                payload: bytes = getattr(reply, field)
+                tampered = payload[:-1] + bytes([payload[-1] ^ 1])
+                replies["bank-d"] = dataclasses.replace(reply, **{field: tampered})
             return replies
 
     with pytest.raises(JobFailedError, match="bank-d"):

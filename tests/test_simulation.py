@@ -157,8 +157,9 @@ def test_every_party_logged_every_message_and_the_logs_verify(
     coordinator = [e for e in _entries(federation, "coordinator") if e["job"] == "audited-job"]
     sent = [e for e in coordinator if e["kind"] == "message-sent"]
     received = [e for e in coordinator if e["kind"] == "message-received"]
-    # keys, stats, then train, evaluate and one release per round, and the model release.
-    steps = 4 + 4 + 2 * (4 + 4 + 1) + 4
+    # keys, stats, then train and one release per round, the last model's evaluate, and
+    # the model release.
+    steps = 4 + 4 + 2 * (4 + 1) + 4 + 4
     assert len(sent) == len(received) == steps
     witnessed = {e["detail"]["signer"] for e in coordinator if e["kind"] == "checkpoint-witnessed"}
     assert witnessed == set(job.parties)

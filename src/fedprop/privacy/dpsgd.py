@@ -369,6 +369,7 @@ def train_epochs_dp(
     if epochs < 1:
         raise ValueError("epochs must be at least 1")
     engine_class, validator, optimizer_class = _opacus()
+    model.train()  # whatever mode the caller left it in (Opacus validates training mode)
     problems = validator.validate(model, strict=False)
     if problems:
         raise DpTrainingError(f"Opacus cannot clip this model's per-row gradients: {problems[0]}")
@@ -407,7 +408,6 @@ def train_epochs_dp(
         loss_reduction="mean",
     )
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight], dtype=torch.float32))
-    model.train()
     steps = sampled = empty = 0
     last = 0.0
     try:

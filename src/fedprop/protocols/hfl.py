@@ -14,13 +14,15 @@ Steps (each a request the coordinator broadcasts and every node answers):
 2. ``train`` (rounds 1..R) — each node opens the previous round's summed
    update (round 1: the seeded initial model every party builds identically),
    trains locally and contributes ``[n * weights, n]``; dividing the sum by its
-   last entry gives the example-weighted FedAvg model.
-3. ``evaluate`` (every round) — each node scores its own test rows with the
-   new global model and contributes score histograms per label and its loss sum.
+   last entry gives the example-weighted FedAvg model. From round 2 the same
+   message also scores the model the node starts from (the previous round's)
+   on its own test rows and contributes score histograms per label and its
+   loss sum: one message per node per round, not two.
+3. ``evaluate`` (after round R) — the last round's model, scored the same way.
 4. ``release`` — the coordinator asks nodes to open a sum it is entitled to:
    each round's summed histograms (it reads global AUC, KS, lift, capture and
-   calibration from them), opened by one node per round in turn
-   (:func:`metrics_releaser`), and the final summed update where the spec asks
+   calibration from them; round r's during round r + 1), opened by one node per
+   round in turn (:func:`metrics_releaser`), and the final summed update where the spec asks
    for the model and the node allows it, opened by every node. A releasing
    node signs what it releases, so a wrong metric is attributable to it; the
    model is accepted only if every party released the same values.
@@ -98,6 +100,7 @@ __all__ = [
     "ReleaseRequest",
     "RoundRecord",
     "Step",
+    "TrainReply",
     "Transport",
     "decode_average",
     "encode_update",
@@ -146,6 +149,18 @@ class ModelRequest:
 
 
 @dataclass(frozen=True)
+class TrainReply:
+    """A node's sealed, signed update and, from round 2, its sealed, signed score
+    histograms of the model the round started from (empty bytes in round 1)."""
+
+    party: str
+    update: bytes
+    update_signature: bytes
+    histograms: bytes
+    histograms_signature: bytes
+
+
+@dataclass(frozen=True)
 class ReleaseRequest:
     """Open a sum the coordinator is entitled to (``kind``: histogram or update)."""
 
@@ -166,7 +181,7 @@ class ReleaseReply:
 
 
 Request = JobRequest | ModelRequest | ReleaseRequest | AbortRequest
-Reply = KeysReply | ContributionReply | ReleaseReply | AbortReply
+Reply = KeysReply | ContributionReply | TrainReply | ReleaseReply | AbortReply
 
 #: The request each step carries, and the reply it expects.
 REQUESTS: Mapping[Step, type[Request]] = {
@@ -180,7 +195,7 @@ REQUESTS: Mapping[Step, type[Request]] = {
 REPLIES: Mapping[Step, type[Reply]] = {
     Step.KEYS: KeysReply,
     Step.STATS: ContributionReply,
-    Step.TRAIN: ContributionReply,
+    Step.TRAIN: TrainReply,
     Step.EVALUATE: ContributionReply,
     Step.RELEASE: ReleaseReply,
     Step.ABORT: AbortReply,
@@ -410,12 +425,16 @@ class HflNode:
         vector = local_stats(self.data.train, self.spec.schema)
         return self._contribute(request.keys, VectorKind.STATS, 0, vector)
 
-    def train(self, request: ModelRequest) -> ContributionReply:
-        """Step 2: train from the global model on this party's rows (DP-SGD if the spec
-        has ``[dp]``: :func:`~fedprop.privacy.dpsgd.train_epochs_dp`)."""
+    def train(self, request: ModelRequest) -> TrainReply:
+        """Step 2: from round 2, score the global model the round starts from (the previous
+        round's) on this party's test rows; then train from it on this party's rows (DP-SGD
+        if the spec has ``[dp]``: :func:`~fedprop.privacy.dpsgd.train_epochs_dp`)."""
         encoded = self._encoder(request)
         encoder, x, y = encoded.encoder, encoded.x_train, encoded.y_train
         model = self._global_model(request, encoder.n_features, request.round - 1)
+        scored = ContributionReply(self.name, b"", b"")
+        if request.model is not None:
+            scored = self._score(request.keys, model, encoded, request.round - 1)
         cfg = self.spec.train
         train = train_epochs if cfg.dp is None else train_epochs_dp
         train(
@@ -428,22 +447,28 @@ class HflNode:
             seed=cfg.seed + 7919 * request.round + self._index,
         )
         update = encode_update(to_vector(model), len(x))
-        return self._contribute(request.keys, VectorKind.UPDATE, request.round, update)
+        sealed = self._contribute(request.keys, VectorKind.UPDATE, request.round, update)
+        return TrainReply(
+            self.name, sealed.payload, sealed.signature, scored.payload, scored.signature
+        )
 
     def evaluate(self, request: ModelRequest) -> ContributionReply:
-        """Step 3: score this party's test rows with the new global model; seal the histograms."""
+        """Step 3: score this party's test rows with the last round's global model."""
         encoded = self._encoder(request)
         model = self._global_model(request, encoded.encoder.n_features, request.round)
+        return self._score(request.keys, model, encoded, request.round)
+
+    def _score(
+        self, keys: bytes, model: nn.Module, encoded: _Encoded, round_: int
+    ) -> ContributionReply:
+        """This party's test rows scored by ``model`` (round ``round_``'s global model), as
+        sealed score histograms per label and loss sum."""
         scores = predict_proba(model, encoded.x_test)
         histogram = ScoreHistogram.from_scores(
             scores, encoded.y_test, self.spec.evaluate.histogram_bins
         )
         return self._contribute(
-            request.keys,
-            VectorKind.HISTOGRAM,
-            request.round,
-            histogram.to_vector(),
-            histogram_counts(self.spec),
+            keys, VectorKind.HISTOGRAM, round_, histogram.to_vector(), histogram_counts(self.spec)
         )
 
     def release(self, request: ReleaseRequest) -> ReleaseReply:
@@ -481,7 +506,9 @@ class HflNode:
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """What the coordinator learned in one round."""
+    """What the coordinator learned in one round: the metrics of the round's global model,
+    and the wall time and bytes from each party from the start of the round's train step to
+    the start of the next round's (the last round: to the release of its metrics)."""
 
     round: int
     metrics: GlobalMetrics
@@ -504,6 +531,16 @@ def _expect(reply: Reply, kind: type[T]) -> T:
     if not isinstance(reply, kind):
         raise JobFailedError(f"expected a {kind.__name__}, got a {type(reply).__name__}")
     return reply
+
+
+def _contribution(reply: Reply, kind: VectorKind) -> Contribution:
+    """The contribution of ``kind`` a reply carries (a train reply carries two)."""
+    if isinstance(reply, TrainReply) and kind is VectorKind.HISTOGRAM:
+        return Contribution(reply.party, reply.histograms, reply.histograms_signature)
+    if isinstance(reply, TrainReply):
+        return Contribution(reply.party, reply.update, reply.update_signature)
+    r = _expect(reply, ContributionReply)
+    return Contribution(r.party, r.payload, r.signature)
 
 
 class HflCoordinator:
@@ -546,11 +583,9 @@ class HflCoordinator:
         self, step: Step, replies: Mapping[str, Reply], kind: VectorKind, round_: int
     ) -> bytes:
         """Add the parties' contributions; return the signed sum to relay, in bytes."""
-        contributions = []
-        for reply in self._ordered(step, replies):
-            r = _expect(reply, ContributionReply)
-            contributions.append(Contribution(r.party, r.payload, r.signature))
-            self.received[r.party] += len(r.payload) + len(r.signature)
+        contributions = [_contribution(r, kind) for r in self._ordered(step, replies)]
+        for c in contributions:
+            self.received[c.party] += len(c.payload) + len(c.signature)
         try:
             check_contributions(
                 contributions,
@@ -596,6 +631,8 @@ class HflCoordinator:
 
 
 ProgressFn = Callable[[RoundRecord], None]
+#: When a round's train step started, and the bytes received from each party by then.
+_Mark = tuple[float, dict[str, int]]
 
 
 def run_hfl(
@@ -624,27 +661,43 @@ def run_hfl(
         replies = transport.broadcast(Step.RELEASE, request, to=releasers)
         return c.accept_release(replies, kind, round_, releasers)
 
+    # Each round's train step also scores the model the round starts from, so round r's
+    # metrics are released during round r + 1; the last model is scored on its own step.
+    # A round's seconds and bytes run from the start of its train step to the next one's
+    # (the last round: to its metrics' release).
     model: bytes | None = None
     records: list[RoundRecord] = []
-    for rnd in range(1, spec.train.rounds + 1):
-        t0 = time.perf_counter()
-        before = dict(c.received)
-        train = ModelRequest(spec.text, c.keys, rnd, stats, model)
-        model = c.collect(
-            Step.TRAIN, transport.broadcast(Step.TRAIN, train), VectorKind.UPDATE, rnd
-        )
-        evaluate = ModelRequest(spec.text, c.keys, rnd, stats, model)
-        histograms = c.collect(
-            Step.EVALUATE, transport.broadcast(Step.EVALUATE, evaluate), VectorKind.HISTOGRAM, rnd
-        )
-        summed = release(VectorKind.HISTOGRAM, rnd, histograms, [metrics_releaser(spec, rnd)])
+    starts: list[_Mark] = []
+
+    def mark() -> _Mark:
+        return time.perf_counter(), dict(c.received)
+
+    def record(round_: int, histograms: bytes, end: _Mark | None = None) -> None:
+        releaser = metrics_releaser(spec, round_)
+        summed = release(VectorKind.HISTOGRAM, round_, histograms, [releaser])
         metrics = global_metrics(ScoreHistogram.from_vector(summed, spec.evaluate.histogram_bins))
-        sent = {p: c.received[p] - before[p] for p in spec.parties}
-        record = RoundRecord(rnd, metrics, time.perf_counter() - t0, sent)
-        records.append(record)
+        (t0, before), (t1, after) = starts[round_ - 1], end or mark()
+        sent = {p: after[p] - before[p] for p in spec.parties}
+        records.append(RoundRecord(round_, metrics, t1 - t0, sent))
         if progress is not None:
-            progress(record)
+            progress(records[-1])
+
+    for rnd in range(1, spec.train.rounds + 1):
+        starts.append(mark())
+        replies = transport.broadcast(
+            Step.TRAIN, ModelRequest(spec.text, c.keys, rnd, stats, model)
+        )
+        previous, model = model, c.collect(Step.TRAIN, replies, VectorKind.UPDATE, rnd)
+        if previous is not None:
+            histograms = c.collect(Step.TRAIN, replies, VectorKind.HISTOGRAM, rnd - 1)
+            record(rnd - 1, histograms, starts[rnd - 1])
     assert model is not None  # rounds >= 1 is enforced by the spec
+    last = spec.train.rounds
+    evaluate = ModelRequest(spec.text, c.keys, last, stats, model)
+    histograms = c.collect(
+        Step.EVALUATE, transport.broadcast(Step.EVALUATE, evaluate), VectorKind.HISTOGRAM, last
+    )
+    record(last, histograms)
     weights = (
         decode_average(release(VectorKind.UPDATE, spec.train.rounds, model, spec.parties))
         if spec.release_model
