@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import itertools
 import json
 import os
@@ -240,7 +241,8 @@ def bench_scaling(folder: Path, sizes: list[int]) -> tuple[float, list[dict[str,
             raise SystemExit(f"the {size}-entry log does not verify cleanly:\n{report.summary()}")
         repeats = 5 if size <= 10_000 else 3 if size <= 100_000 else 1
         seconds = median_seconds(
-            lambda p=path: verify_log(p, "bank-a", key.public_key(), origin("bank-a")), repeats
+            functools.partial(verify_log, path, "bank-a", key.public_key(), origin("bank-a")),
+            repeats,
         )
         rows.append(
             {

@@ -138,7 +138,7 @@ def main() -> None:
                 print(f"pair {i + 1}, logging {mode}: {json.dumps(shown)}", flush=True)
 
     def median(mode: str, what: str) -> float:
-        return statistics.median(r[what] for r in runs[mode])
+        return float(statistics.median(r[what] for r in runs[mode]))
 
     def pair_overheads(what: str) -> list[float]:
         return [on[what] / off[what] - 1 for on, off in zip(runs["on"], runs["off"], strict=True)]
