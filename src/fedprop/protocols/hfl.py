@@ -672,11 +672,13 @@ def run_hfl(
     def mark() -> _Mark:
         return time.perf_counter(), dict(c.received)
 
-    def record(round_: int, histograms: bytes, end: _Mark | None = None) -> None:
+    def record(round_: int, histograms: bytes) -> None:
         releaser = metrics_releaser(spec, round_)
         summed = release(VectorKind.HISTOGRAM, round_, histograms, [releaser])
         metrics = global_metrics(ScoreHistogram.from_vector(summed, spec.evaluate.histogram_bins))
-        (t0, before), (t1, after) = starts[round_ - 1], end or mark()
+        # starts[round_] is the next round's start; the last round ends now.
+        end = starts[round_] if round_ < len(starts) else mark()
+        (t0, before), (t1, after) = starts[round_ - 1], end
         sent = {p: after[p] - before[p] for p in spec.parties}
         records.append(RoundRecord(round_, metrics, t1 - t0, sent))
         if progress is not None:
@@ -687,10 +689,9 @@ def run_hfl(
         replies = transport.broadcast(
             Step.TRAIN, ModelRequest(spec.text, c.keys, rnd, stats, model)
         )
-        previous, model = model, c.collect(Step.TRAIN, replies, VectorKind.UPDATE, rnd)
-        if previous is not None:
-            histograms = c.collect(Step.TRAIN, replies, VectorKind.HISTOGRAM, rnd - 1)
-            record(rnd - 1, histograms, starts[rnd - 1])
+        model = c.collect(Step.TRAIN, replies, VectorKind.UPDATE, rnd)
+        if rnd > 1:
+            record(rnd - 1, c.collect(Step.TRAIN, replies, VectorKind.HISTOGRAM, rnd - 1))
     assert model is not None  # rounds >= 1 is enforced by the spec
     last = spec.train.rounds
     evaluate = ModelRequest(spec.text, c.keys, last, stats, model)
